@@ -1,0 +1,48 @@
+# The README's commands. `make quickstart` and `make test` each set up everything they need.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: quickstart test lint pytest setup control-plane cluster-up bench-controlplane clean
+
+## quickstart: install Zeroserve and run its main job on the embedded default
+quickstart: $(STAMP)
+	$(BIN)/zeroserve --help
+
+## test: build the control plane, install, lint, and run the whole test suite
+test: $(STAMP) control-plane lint pytest
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/shellcheck -x hack/*.sh .ci/run
+
+## setup: a virtualenv with Zeroserve (editable) and its test and dev extras
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --editable '.[test,dev]'
+	touch $@
+
+## control-plane: build etcd, kube-apiserver, kube-controller-manager, kubectl, helm (cached, pinned)
+control-plane:
+	hack/build-control-plane.sh >/dev/null
+
+## cluster-up: start the test control plane by hand; prints `export KUBECONFIG=...`, Ctrl-C stops it
+cluster-up: $(STAMP) control-plane
+	$(BIN)/python tests/controlplane.py up
+
+## bench-controlplane: measure the control plane's cold start
+bench-controlplane: $(STAMP) control-plane
+	$(BIN)/python bench/controlplane_start.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Builds etcd, kube-apiserver, kube-controller-manager, kubectl and helm from their Go modules at the
+# versions pinned in hack/versions.env, into a cache outside git, and fetches the Knative Serving module
+# whose CRDs the tests install. Binaries whose --version already matches the pin are reused.
+#
+#   hack/build-control-plane.sh          build what is missing or stale, print the bin directory
+#   ZEROSERVE_CACHE_DIR=...              where to build (default: ~/.cache/zeroserve)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=hack/versions.env
+source "$here/versions.env"
+
+cache=${ZEROSERVE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/zeroserve}
+bin="$cache/bin"
+src="$cache/src"
+mkdir -p "$bin" "$src"
+export GOFLAGS="${GOFLAGS:-} -buildvcs=false" GOTOOLCHAIN=${GOTOOLCHAIN:-local}
+
+log() { printf '[build-control-plane] %s\n' "$*" >&2; }
+
+# current NAME EXPECTED CMD...: true when the binary exists and CMD prints EXPECTED.
+current() {
+  local name=$1 expected=$2; shift 2
+  [[ -x "$bin/$name" ]] || return 1
+  local got
+  got=$("$bin/$name" "$@" 2>/dev/null || true)
+  [[ "$got" == *"$expected"* ]]
+}
+
+# wrapper_module DIR MODULE VERSION: a throwaway module requiring MODULE@VERSION. Modules whose own
+# go.mod replaces its siblings with local paths (kubernetes, etcd) refuse `go install`; a wrapper that
+# requires them and maps each replaced sibling to its published version builds them.
+wrapper_module() {
+  local dir=$1 module=$2 version=$3 sibling_version=$4
+  rm -rf "$dir" && mkdir -p "$dir"
+  local modfile
+  modfile=$(cd "$dir" && go mod download -json "$module@$version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  {
+    echo "module zeroserve.dev/hack/build"
+    echo
+    echo "go $(awk '/^go /{print $2; exit}' "$modfile")"
+    echo
+    echo "require $module $version"
+    echo
+    # Every `X => ./local/path` in the upstream go.mod becomes `X => X sibling_version`.
+    awk -v v="$sibling_version" '$2 == "=>" && $3 ~ /^\.\.?\// { print "replace " $1 " => " $1 " " v }' "$modfile"
+  } >"$dir/go.mod"
+}
+
+build_kubernetes() {
+  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  local staging="v0.${K8S_VERSION#v1.}"
+  if current kube-apiserver "$K8S_VERSION" --version &&
+     current kube-controller-manager "$K8S_VERSION" --version &&
+     current kubectl "$K8S_VERSION" version --client; then
+    log "kubernetes $K8S_VERSION: up to date"; return
+  fi
+  log "kubernetes $K8S_VERSION: building kube-apiserver, kube-controller-manager, kubectl (cold: tens of minutes on 2 cores)"
+  local dir="$src/kubernetes"
+  wrapper_module "$dir" k8s.io/kubernetes "$K8S_VERSION" "$staging"
+  local pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl)
+  (cd "$dir" && go get "${pkgs[@]/%/@$K8S_VERSION}")
+  # The same -X flags Kubernetes' hack/lib/version.sh sets; without them every binary reports v0.0.0.
+  local ld="" p
+  local date; date=$(date -u +'%Y-%m-%dT%H:%M:%SZ')
+  for p in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+    ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+    ld+=" -X $p.gitTreeState=clean -X $p.buildDate=$date"
+  done
+  (cd "$dir" && go build -trimpath -ldflags "-s -w $ld" -o "$bin/" "${pkgs[@]}")
+}
+
+build_etcd() {
+  if current etcd "${ETCD_VERSION#v}" --version; then log "etcd $ETCD_VERSION: up to date"; return; fi
+  log "etcd $ETCD_VERSION: building"
+  local dir="$src/etcd"
+  wrapper_module "$dir" go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "$ETCD_VERSION"
+  (cd "$dir" && go get go.etcd.io/etcd/server/v3@"$ETCD_VERSION" >/dev/null &&
+    go build -trimpath -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION" \
+      -o "$bin/etcd" go.etcd.io/etcd/server/v3)
+}
+
+build_helm() {
+  if current helm "$HELM_VERSION" version --template '{{.Version}}'; then log "helm $HELM_VERSION: up to date"; return; fi
+  log "helm $HELM_VERSION: building"
+  # pyhelm3 parses `helm version` as semver, so the version must be stamped in.
+  GOBIN="$bin" go install -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+}
+
+fetch_knative() {
+  local dir
+  dir=$(cd "$src" && go mod download -json "knative.dev/serving@$KNATIVE_SERVING_VERSION" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  ln -sfn "$dir/config/core/300-resources" "$cache/knative-serving-crds"
+  log "knative.dev/serving $KNATIVE_SERVING_VERSION: CRDs at $cache/knative-serving-crds"
+}
+
+start=$SECONDS
+build_etcd
+build_helm
+build_kubernetes
+fetch_knative
+log "done in $((SECONDS - start))s"
+echo "$bin"

@@ -1,0 +1,529 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver and kube-controller-manager.
+
+Started the way controller-runtime's envtest starts one, from the binaries that
+hack/build-control-plane.sh builds at the versions pinned in hack/versions.env, with Knative Serving's
+real CRDs installed from the pinned knative.dev/serving module.
+
+    python tests/controlplane.py up      # what `make cluster-up` runs; Ctrl-C tears it down
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import datetime as dt
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VERSIONS_FILE = REPO_ROOT / "hack" / "versions.env"
+BUILD_HINT = "run `make control-plane` (hack/build-control-plane.sh) to build it"
+ADMIN_USER = "zeroserve-admin"
+SERVICE_CIDR = "10.96.0.0/24"
+LOG_TAIL_LINES = 40
+
+
+class ControlPlaneError(RuntimeError):
+    """The control plane could not be started, or a component of it died."""
+
+
+def read_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
+    versions = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            versions[key.strip()] = value.strip()
+    return versions
+
+
+def default_cache_dir() -> Path:
+    if env := os.environ.get("ZEROSERVE_CACHE_DIR"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zeroserve"
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """The pinned binaries and CRDs, checked to exist and to report the pinned versions."""
+
+    etcd: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kubectl: Path
+    helm: Path
+    knative_crds: Path
+    versions: dict[str, str]
+
+    @classmethod
+    def from_cache(cls, cache_dir: Path | None = None, versions: dict[str, str] | None = None) -> Binaries:
+        cache_dir = cache_dir or default_cache_dir()
+        versions = versions or read_versions()
+        bin_dir = cache_dir / "bin"
+        k8s, etcd, helm = versions["K8S_VERSION"], versions["ETCD_VERSION"], versions["HELM_VERSION"]
+        expected = {
+            "etcd": (["--version"], etcd.removeprefix("v")),
+            "kube-apiserver": (["--version"], k8s),
+            "kube-controller-manager": (["--version"], k8s),
+            "kubectl": (["version", "--client"], k8s),
+            "helm": (["version", "--template", "{{.Version}}"], helm),
+        }
+        problems = []
+        for name, (args, want) in expected.items():
+            path = bin_dir / name
+            if not os.access(path, os.X_OK):
+                problems.append(f"{name} {want} is missing from {bin_dir}")
+                continue
+            got = subprocess.run([path, *args], capture_output=True, text=True, timeout=30).stdout
+            if want not in got:
+                problems.append(f"{name} at {path} reports {got.strip()!r}, but {want} is pinned")
+        crds = cache_dir / "knative-serving-crds"
+        knative = versions["KNATIVE_SERVING_VERSION"]
+        if not crds.is_dir():
+            problems.append(f"Knative Serving CRDs ({crds}) are missing")
+        elif f"serving@{knative}" not in str(crds.resolve()):
+            problems.append(f"{crds} points to {crds.resolve()}, but knative.dev/serving {knative} is pinned")
+        if problems:
+            raise ControlPlaneError(
+                "The test control plane is not built: " + "; ".join(problems) + f". {BUILD_HINT}."
+            )
+        return cls(
+            etcd=bin_dir / "etcd",
+            kube_apiserver=bin_dir / "kube-apiserver",
+            kube_controller_manager=bin_dir / "kube-controller-manager",
+            kubectl=bin_dir / "kubectl",
+            helm=bin_dir / "helm",
+            knative_crds=crds,
+            versions=versions,
+        )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # If the test process is killed outright, its finalizers never run; the kernel still kills these.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+@dataclass
+class Component:
+    name: str
+    argv: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        try:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            log.close()
+
+    def exited(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            with self.log_path.open(errors="replace") as f:
+                return "".join(deque(f, maxlen=lines))
+        except FileNotFoundError:
+            return "(no log)"
+
+    def stop(self, grace: float = 10.0) -> None:
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _issue_certificates(directory: Path) -> dict[str, Path]:
+    """A throwaway CA, a serving certificate for 127.0.0.1 and a service-account signing key."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "zeroserve-test-ca")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=7))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    serving_key = ec.generate_private_key(ec.SECP256R1())
+    sans = x509.SubjectAlternativeName(
+        [
+            x509.DNSName("localhost"),
+            x509.DNSName("kubernetes.default.svc"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("10.96.0.1")),
+        ]
+    )
+    serving = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+        .issuer_name(ca_name)
+        .public_key(serving_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=7))
+        .add_extension(sans, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    sa_key = ec.generate_private_key(ec.SECP256R1())
+    files = {
+        "ca.crt": _cert_pem(ca),
+        "apiserver.crt": _cert_pem(serving),
+        "apiserver.key": _key_pem(serving_key),
+        "sa.key": _key_pem(sa_key),
+        "sa.pub": sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+    }
+    paths = {}
+    for name, data in files.items():
+        path = directory / name
+        path.write_bytes(data)
+        path.chmod(0o600)
+        paths[name] = path
+    return paths
+
+
+@dataclass
+class ControlPlane:
+    binaries: Binaries
+    workdir: Path
+    install_knative: bool = True
+    components: list[Component] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    server: str = ""
+    kubeconfig: Path = field(init=False)
+    ca_file: Path = field(init=False)
+    admin_token: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self.ca_file = self.workdir / "pki" / "ca.crt"
+        self.admin_token = os.urandom(24).hex()
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def __enter__(self) -> ControlPlane:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, ready_timeout: float = 60.0) -> None:
+        t0 = time.monotonic()
+        try:
+            self._start(ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.timings["total"] = time.monotonic() - t0
+
+    def _start(self, ready_timeout: float) -> None:
+        pki = self.workdir / "pki"
+        pki.mkdir(exist_ok=True)
+        certs = _issue_certificates(pki)
+        tokens = pki / "tokens.csv"
+        tokens.write_text(f"{self.admin_token},{ADMIN_USER},{ADMIN_USER},system:masters\n")
+        tokens.chmod(0o600)
+        logs = self.workdir / "logs"
+        logs.mkdir(exist_ok=True)
+
+        etcd_port, etcd_peer, api_port, kcm_port = (free_port() for _ in range(4))
+        etcd_url = f"http://127.0.0.1:{etcd_port}"
+        self.server = f"https://127.0.0.1:{api_port}"
+
+        phase = time.monotonic()
+        etcd = self._launch(
+            "etcd",
+            [
+                str(self.binaries.etcd),
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
+                # A test cluster is thrown away; fsync only slows every write.
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+        self._wait_http(etcd, f"{etcd_url}/health", ready_timeout)
+        self.timings["etcd"] = time.monotonic() - phase
+
+        phase = time.monotonic()
+        api = self._launch(
+            "kube-apiserver",
+            [
+                str(self.binaries.kube_apiserver),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                f"--cert-dir={pki}",
+                f"--tls-cert-file={certs['apiserver.crt']}",
+                f"--tls-private-key-file={certs['apiserver.key']}",
+                f"--client-ca-file={certs['ca.crt']}",
+                "--authorization-mode=RBAC",
+                f"--token-auth-file={tokens}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={certs['sa.pub']}",
+                f"--service-account-signing-key-file={certs['sa.key']}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                "--v=1",
+            ],
+        )
+        self._wait_http(api, f"{self.server}/readyz", ready_timeout)
+        self.timings["kube-apiserver"] = time.monotonic() - phase
+        self._write_kubeconfig()
+
+        phase = time.monotonic()
+        kcm = self._launch(
+            "kube-controller-manager",
+            [
+                str(self.binaries.kube_controller_manager),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={kcm_port}",
+                f"--cert-dir={self.workdir / 'kcm-certs'}",
+                "--controllers=garbagecollector,namespace,serviceaccount",
+                "--leader-elect=false",
+                "--use-service-account-credentials=false",
+                f"--root-ca-file={certs['ca.crt']}",
+                "--v=1",
+            ],
+        )
+        # kcm serves its own self-signed certificate; /healthz is an always-allowed path.
+        self._wait_http(kcm, f"https://127.0.0.1:{kcm_port}/healthz", ready_timeout, verify=False)
+        self.timings["kube-controller-manager"] = time.monotonic() - phase
+
+        if self.install_knative:
+            phase = time.monotonic()
+            self._install_crds(sorted(self.binaries.knative_crds.glob("*.yaml")), ready_timeout)
+            self.timings["knative-crds"] = time.monotonic() - phase
+
+    def stop(self) -> None:
+        for component in reversed(self.components):
+            component.stop()
+
+    # -- health ----------------------------------------------------------------------------------------
+
+    def dead_components(self) -> list[Component]:
+        return [c for c in self.components if c.exited() is not None]
+
+    def check_alive(self) -> None:
+        """Raise with each dead component's exit status and last log lines."""
+        dead = self.dead_components()
+        if dead:
+            raise ControlPlaneError(self.describe_dead(dead))
+
+    @staticmethod
+    def describe_dead(dead: list[Component]) -> str:
+        return "\n".join(
+            f"{c.name} exited with status {c.exited()}; last log lines ({c.log_path}):\n{c.tail()}"
+            for c in dead
+        )
+
+    def pids(self) -> list[int]:
+        return [c.process.pid for c in self.components if c.process is not None]
+
+    def component(self, name: str) -> Component:
+        return next(c for c in self.components if c.name == name)
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def _launch(self, name: str, argv: list[str]) -> Component:
+        component = Component(name, argv, self.workdir / "logs" / f"{name}.log")
+        self.components.append(component)
+        component.start()
+        return component
+
+    def _ssl_context(self, verify: bool = True) -> ssl.SSLContext:
+        if not verify:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return ctx
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def _wait_http(self, component: Component, url: str, timeout: float, verify: bool = True) -> None:
+        deadline = time.monotonic() + timeout
+        context = self._ssl_context(verify) if url.startswith("https") else None
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.admin_token}"})
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if component.exited() is not None:
+                raise ControlPlaneError(self.describe_dead([component]))
+            try:
+                with urllib.request.urlopen(request, timeout=2, context=context) as response:
+                    if response.status == 200:
+                        return
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code}: {e.read(300).decode(errors='replace')}"
+            except OSError as e:
+                last = str(e)
+            time.sleep(0.1)
+        raise ControlPlaneError(
+            f"{component.name} was not ready at {url} within {timeout:.0f}s ({last}); "
+            f"last log lines:\n{component.tail()}"
+        )
+
+    def _write_kubeconfig(self) -> None:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "zeroserve-test",
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority-data": base64.b64encode(self.ca_file.read_bytes()).decode(),
+                    },
+                }
+            ],
+            "users": [{"name": ADMIN_USER, "user": {"token": self.admin_token}}],
+            "contexts": [
+                {"name": "zeroserve-test", "context": {"cluster": "zeroserve-test", "user": ADMIN_USER}}
+            ],
+            "current-context": "zeroserve-test",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+        self.kubeconfig.chmod(0o600)
+
+    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the pinned kubectl against this control plane; a failure raises with kubectl's stderr."""
+        result = subprocess.run(
+            [str(self.binaries.kubectl), f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check and result.returncode != 0:
+            command = " ".join(args)
+            raise ControlPlaneError(f"kubectl {command} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    def _install_crds(self, files: list[Path], timeout: float) -> None:
+        if not files:
+            raise ControlPlaneError(f"no CRD manifests found in {self.binaries.knative_crds}")
+        names = []
+        for path in files:
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc and doc.get("kind") == "CustomResourceDefinition":
+                    names.append(doc["metadata"]["name"])
+        self.kubectl("apply", "--server-side", *(f"--filename={p}" for p in files))
+        self.kubectl(
+            "wait",
+            "--for=condition=Established",
+            f"--timeout={int(timeout)}s",
+            *(f"crd/{n}" for n in names),
+        )
+
+
+# -- command line: make cluster-up -----------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    if argv[1:] != ["up"]:
+        print(__doc__)
+        return 2
+    try:
+        binaries = Binaries.from_cache()
+    except ControlPlaneError as e:
+        print(e, file=sys.stderr)
+        return 1
+    workdir = Path(tempfile.mkdtemp(prefix="zeroserve-cluster-"))
+    plane = ControlPlane(binaries, workdir)
+    stop = False
+
+    def _on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    print("starting etcd, kube-apiserver and kube-controller-manager ...", flush=True)
+    try:
+        plane.start()
+        kubectl_dir = binaries.kubectl.parent
+        print(f"control plane ready in {plane.timings['total']:.1f}s at {plane.server}")
+        print(f"logs: {workdir / 'logs'}\n")
+        print(f"export KUBECONFIG={plane.kubeconfig} PATH={kubectl_dir}:$PATH\n")
+        print("Press Ctrl-C to tear it down.", flush=True)
+        while not stop:
+            if plane.dead_components():
+                print(plane.describe_dead(plane.dead_components()), file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        plane.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        print("control plane stopped.")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

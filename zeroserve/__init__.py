@@ -1,0 +1,3 @@
+"""Zeroserve: self-hosted serverless model serving on Kubernetes."""
+
+__version__ = "0.1.0"
