@@ -38,6 +38,15 @@ def control_plane(binaries: Binaries, tmp_path_factory: pytest.TempPathFactory) 
         plane.stop()
 
 
+@pytest.fixture(scope="session")
+def modelservice_crd(control_plane: ControlPlane) -> str:
+    """The ModelService CRD from crds/, installed the way a user would."""
+    from zeroserve_operator import crd
+
+    control_plane.apply_crds([crd.CRD_FILE])
+    return crd.CRD_NAME
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     """A component that died during a test fails that test and shows the component's last log lines."""

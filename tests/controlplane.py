@@ -362,7 +362,7 @@ class ControlPlane:
 
         if self.install_knative:
             phase = time.monotonic()
-            self._install_crds(sorted(self.binaries.knative_crds.glob("*.yaml")), ready_timeout)
+            self.install_knative_crds(ready_timeout)
             self.timings["knative-crds"] = time.monotonic() - phase
 
     def stop(self) -> None:
@@ -466,9 +466,10 @@ class ControlPlane:
             raise ControlPlaneError(f"kubectl {command} failed ({result.returncode}):\n{result.stderr}")
         return result
 
-    def _install_crds(self, files: list[Path], timeout: float) -> None:
+    def apply_crds(self, files: list[Path], timeout: float = 60) -> None:
+        """Server-side apply CRD manifests and wait until each is Established."""
         if not files:
-            raise ControlPlaneError(f"no CRD manifests found in {self.binaries.knative_crds}")
+            raise ControlPlaneError("no CRD manifests to apply")
         names = []
         for path in files:
             for doc in yaml.safe_load_all(path.read_text()):
@@ -476,11 +477,11 @@ class ControlPlane:
                     names.append(doc["metadata"]["name"])
         self.kubectl("apply", "--server-side", *(f"--filename={p}" for p in files))
         self.kubectl(
-            "wait",
-            "--for=condition=Established",
-            f"--timeout={int(timeout)}s",
-            *(f"crd/{n}" for n in names),
+            "wait", "--for=condition=Established", f"--timeout={int(timeout)}s", *(f"crd/{n}" for n in names)
         )
+
+    def install_knative_crds(self, timeout: float = 60) -> None:
+        self.apply_crds(sorted(self.binaries.knative_crds.glob("*.yaml")), timeout)
 
 
 # -- command line: make cluster-up -----------------------------------------------------------------------

@@ -16,7 +16,7 @@ def test_no_top_level_folder_is_a_package() -> None:
 
 
 def test_operator_is_still_the_standard_library_with_the_repo_root_on_sys_path() -> None:
-    code = "import operator, zeroserve; print(operator.__file__)"
+    code = "import operator, zeroserve_operator; print(operator.__file__)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert Path(out.stdout.strip()).parent == Path(sysconfig.get_paths()["stdlib"])
 
@@ -25,4 +25,4 @@ def test_console_script_runs() -> None:
     out = subprocess.run(
         [Path(sys.executable).parent / "zeroserve", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    assert "usage: zeroserve" in out
+    assert "usage: zeroserve" in out and "operator" in out

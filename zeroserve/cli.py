@@ -15,7 +15,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Self-hosted serverless model serving on Kubernetes.",
     )
     parser.add_argument("--version", action="version", version=f"zeroserve {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Each component adds its own subcommands; imports stay light so `--help` is fast.
+    from zeroserve_operator import cli as operator_cli
+
+    operator_cli.add_parser(subparsers)
     return parser
 
 

@@ -1,0 +1,291 @@
+"""kopf handlers: thin and level-based. Every pass builds the desired Knative Service, applies it only when
+a field we own differs, and mirrors the Knative Service's status back.
+
+Run with `zeroserve operator` or `kopf run -m zeroserve_operator.handlers`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+import pydantic
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from zeroserve_operator import api, metrics
+from zeroserve_operator.ownership import FIELD_MANAGER, owned_fields_match
+from zeroserve_operator.resources import knative, status
+from zeroserve_operator.settings import OperatorSettings
+
+CONFLICT_RETRIES = 3
+
+settings = OperatorSettings()
+
+
+@kopf.on.startup()
+async def configure(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any
+) -> None:
+    # Our own prefix for kopf's bookkeeping, instead of the generic kopf.zalando.org.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="zeroserve.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="zeroserve.dev", key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = "zeroserve.dev/finalizer"
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    # kubernetes_asyncio logs whole response bodies at DEBUG, even under `--verbose` they are noise.
+    logging.getLogger("kubernetes_asyncio").setLevel(logging.INFO)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        await config.load_kube_config()
+    memo.api = client.ApiClient()
+    metrics.serve(_settings().metrics_port, _settings().metrics_addr)
+    logger.info("zeroserve operator started; default onnx image %s", _settings().onnx_image)
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    if getattr(memo, "api", None) is not None:
+        await memo.api.close()
+
+
+def _settings() -> OperatorSettings:
+    return settings
+
+
+async def _config_features(api_client: client.ApiClient) -> dict[str, str] | None:
+    try:
+        cm = await client.CoreV1Api(api_client).read_namespaced_config_map(
+            "config-features", _settings().knative_namespace
+        )
+    except ApiException as e:
+        if e.status in (403, 404):
+            return None
+        raise
+    return dict(cm.data or {})
+
+
+async def _read_ksvc(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return await custom.get_namespaced_custom_object(
+            knative.KNATIVE_GROUP, knative.KNATIVE_VERSION, namespace, knative.KNATIVE_PLURAL, name
+        )
+    except ApiException as e:
+        if e.status == 404 and not _knative_missing(e):
+            return None
+        raise
+
+
+async def _apply_ksvc(custom: client.CustomObjectsApi, desired: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply: the API server tracks which fields are ours, so fields we stop setting go away and
+    fields others set (Knative's defaults) stay theirs. Retried on 409 conflicts."""
+    meta = desired["metadata"]
+    for attempt in range(CONFLICT_RETRIES):
+        try:
+            return await custom.patch_namespaced_custom_object(
+                knative.KNATIVE_GROUP,
+                knative.KNATIVE_VERSION,
+                meta["namespace"],
+                knative.KNATIVE_PLURAL,
+                meta["name"],
+                desired,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type="application/apply-patch+yaml",
+            )
+        except ApiException as e:
+            if e.status != 409 or attempt == CONFLICT_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _knative_missing(e: ApiException) -> bool:
+    """A 404 for the API itself, not for one object: the apiserver then answers without a NotFound Status."""
+    if e.status != 404:
+        return False
+    try:
+        answer = json.loads(e.body)
+    except (TypeError, ValueError):
+        return True
+    return not (answer.get("reason") == "NotFound" and (answer.get("details") or {}).get("name"))
+
+
+def _api_message(e: ApiException) -> str:
+    try:
+        return str(json.loads(e.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return str(e.reason)
+
+
+@dataclass
+class Outcome:
+    """What one pass found: the status to write and, when blocked, whether and when to try again."""
+
+    status: dict[str, Any]
+    result: str = "success"
+    message: str = ""
+    retry_after: float | None = None  # blocked until something outside the spec changes
+
+    @property
+    def permanent(self) -> bool:
+        return self.result != "success" and self.retry_after is None
+
+
+async def reconcile_modelservice(
+    body: Mapping[str, Any], api_client: client.ApiClient, logger: logging.Logger
+) -> Outcome:
+    """Close the gap between one ModelService and its Knative Service."""
+    meta, generation = body["metadata"], body["metadata"].get("generation", 1)
+    previous = body.get("status") or {}
+
+    def blocked(result: str, reason: str, message: str, retry_after: float | None = None) -> Outcome:
+        new = status.blocked_status(generation, previous, reason, message, spec_valid=result != "invalid")
+        return Outcome(new, result, message, retry_after)
+
+    try:
+        spec = api.ModelServiceSpec.model_validate(body["spec"])
+    except pydantic.ValidationError as e:
+        return blocked("invalid", "InvalidSpec", _describe(e))
+    desired = knative.build_knative_service(body, _settings())
+
+    # A spec Knative's webhook would refuse is not sent; the condition names the flag to turn on.
+    needed = status.required_features(desired)
+    disabled = status.disabled_features(needed, await _config_features(api_client)) if needed else []
+    if disabled:
+        message = status.features_message(disabled)
+        logger.warning(message)
+        new = status.observed_status(spec, generation, None, previous, disabled)
+        return Outcome(new, "feature_disabled", message, _settings().retry_delay)
+
+    custom = client.CustomObjectsApi(api_client)
+    try:
+        actual = await _read_ksvc(custom, meta["namespace"], meta["name"])
+    except ApiException as e:
+        if not _knative_missing(e):
+            raise
+        message = (
+            "The serving.knative.dev/v1 API is not installed. Install Knative Serving; this ModelService "
+            "is reconciled once it is there."
+        )
+        return blocked("knative_missing", "KnativeNotInstalled", message, _settings().retry_delay)
+    if actual is not None and not _owned_by(actual, meta["uid"]):
+        message = f"A Knative Service named {meta['name']} already exists and belongs to someone else."
+        return blocked("conflict", "KnativeServiceConflict", message)
+    if actual is None or not owned_fields_match(desired, actual):
+        verb = "Created" if actual is None else "Updated"
+        try:
+            actual = await _apply_ksvc(custom, desired)
+        except ApiException as e:
+            if e.status not in (400, 422):
+                raise
+            # Knative's admission webhook refused it: only a spec change can help.
+            return blocked("rejected", "KnativeRejected", _api_message(e))
+        message = f"{verb} Knative Service {meta['namespace']}/{meta['name']}"
+        logger.info(message)
+        kopf.info(dict(body), reason=f"KnativeService{verb}", message=message)
+    return Outcome(status.observed_status(spec, generation, actual, previous))
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
+
+
+def _describe(error: pydantic.ValidationError) -> str:
+    return "; ".join(
+        f"spec.{'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
+        for item in error.errors(include_url=False)
+    )
+
+
+async def _write_status(api_client: client.ApiClient, namespace: str, name: str, new: dict[str, Any]) -> None:
+    await client.CustomObjectsApi(api_client).patch_namespaced_custom_object_status(
+        api.GROUP,
+        api.VERSION,
+        namespace,
+        api.PLURAL,
+        name,
+        {"status": new},
+        _content_type="application/merge-patch+json",
+    )
+
+
+def post_readiness_change(body: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """An Event when Ready changes status or reason, not on every pass: retries must not flood events."""
+    before = status.ready_condition(body.get("status"))
+    after = status.ready_condition(new)
+    if after is None or (
+        before and (before["status"], before["reason"]) == (after["status"], after["reason"])
+    ):
+        return
+    if after["status"] == "True":
+        kopf.info(dict(body), reason="Ready", message=new.get("message", ""))
+    elif after["status"] == "False":
+        kopf.warn(dict(body), reason=after["reason"], message=after["message"])
+
+
+@kopf.on.resume(api.GROUP, api.VERSION, api.PLURAL)
+@kopf.on.create(api.GROUP, api.VERSION, api.PLURAL)
+@kopf.on.update(api.GROUP, api.VERSION, api.PLURAL, field="spec")
+async def reconcile(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any
+) -> None:
+    started = time.perf_counter()
+    result = "error"
+    try:
+        outcome = await reconcile_modelservice(body, memo.api, logger)
+        result = outcome.result
+    finally:
+        metrics.RECONCILES.labels(result=result).inc()
+        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+    # kopf applies the patch whatever the handler raises, so a blocked ModelService still says why.
+    patch.status.update(outcome.status)
+    post_readiness_change(body, outcome.status)
+    metrics.observe_readiness(body, outcome.status)
+    if outcome.permanent:
+        raise kopf.PermanentError(outcome.message)
+    if outcome.retry_after is not None:
+        raise kopf.TemporaryError(outcome.message, delay=outcome.retry_after)
+
+
+@kopf.on.event(
+    knative.KNATIVE_GROUP,
+    knative.KNATIVE_VERSION,
+    knative.KNATIVE_PLURAL,
+    labels={"app.kubernetes.io/managed-by": knative.MANAGED_BY},
+)
+async def knative_service_changed(
+    type: str | None, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any
+) -> None:
+    """Mirror Knative's status into the owning ModelService; recreate a Knative Service deleted by hand."""
+    name = body["metadata"].get("labels", {}).get(knative.MODELSERVICE_LABEL)
+    namespace = body["metadata"]["namespace"]
+    if not name:
+        return
+    custom = client.CustomObjectsApi(memo.api)
+    try:
+        owner = await custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+    except ApiException as e:
+        if e.status == 404:
+            return  # the ModelService is gone; the garbage collector takes the Knative Service
+        raise
+    if owner["metadata"].get("deletionTimestamp") or not _owned_by(body, owner["metadata"]["uid"]):
+        return
+    outcome = await reconcile_modelservice(owner, memo.api, logger)
+    new = outcome.status
+    if new != {k: (owner.get("status") or {}).get(k) for k in new}:
+        await _write_status(memo.api, namespace, name, new)
+        post_readiness_change(owner, new)
+        metrics.observe_readiness(owner, new)
+
+
+@kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL, optional=True)
+def forget(body: kopf.Body, **_: Any) -> None:
+    metrics.forget(body)

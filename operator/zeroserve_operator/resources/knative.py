@@ -1,0 +1,224 @@
+"""The Knative Service for a ModelService, built by a pure function (Knative's `resources/` pattern)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from zeroserve_operator.api import ModelServiceSpec
+from zeroserve_operator.settings import OperatorSettings
+
+KNATIVE_API_VERSION = "serving.knative.dev/v1"
+KNATIVE_GROUP, KNATIVE_VERSION = KNATIVE_API_VERSION.split("/")
+KNATIVE_PLURAL = "services"
+
+AUTOSCALING = "autoscaling.knative.dev/"
+PROGRESS_DEADLINE = "serving.knative.dev/progress-deadline"
+KPA_CLASS = "kpa.autoscaling.knative.dev"
+# Annotation keys this operator owns on the revision template: any of them that the spec no longer asks
+# for is removed, anything else (another controller's, a user's) is left alone.
+OWNED_TEMPLATE_ANNOTATION_PREFIXES = (AUTOSCALING, PROGRESS_DEADLINE)
+
+MANAGED_BY = "zeroserve-operator"
+MODELSERVICE_LABEL = "zeroserve.dev/modelservice"
+
+HTTP_PORT = 8080
+GRPC_PORT = 9000
+MODEL_CACHE = "/var/cache/zeroserve/models"
+PVC_MOUNT = "/mnt/models"
+RUNTIME_UID = 1000
+CONTAINER_NAME = "runtime"
+
+
+def labels(name: str, runtime: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": f"zeroserve-{runtime}",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "model-server",
+        "app.kubernetes.io/part-of": "zeroserve",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        MODELSERVICE_LABEL: name,
+    }
+
+
+def is_gpu(spec: ModelServiceSpec) -> bool:
+    return spec.resources.gpu is not None
+
+
+def autoscaling_annotations(spec: ModelServiceSpec, settings: OperatorSettings) -> dict[str, str]:
+    scaling = spec.scaling
+    annotations = {
+        AUTOSCALING + "class": KPA_CLASS,
+        AUTOSCALING + "metric": scaling.metric,
+        # Written even when 0: scale to zero is the point, and it must not depend on a cluster default.
+        AUTOSCALING + "min-scale": str(scaling.min_replicas),
+        PROGRESS_DEADLINE: settings.gpu_progress_deadline if is_gpu(spec) else settings.progress_deadline,
+    }
+    optional = {
+        "max-scale": scaling.max_replicas,
+        "target": None if scaling.target is None else f"{scaling.target:g}",
+        "initial-scale": scaling.initial_scale,
+        "scale-to-zero-pod-retention-period": scaling.scale_to_zero_retention,
+        "window": scaling.window,
+    }
+    annotations.update({AUTOSCALING + k: str(v) for k, v in optional.items() if v is not None})
+    return annotations
+
+
+def pvc_source(spec: ModelServiceSpec) -> tuple[str, str] | None:
+    """(claim, path inside it) for a pvc://claim/path model, else None."""
+    if not spec.model.uri.startswith("pvc://"):
+        return None
+    claim, _, path = spec.model.uri.removeprefix("pvc://").partition("/")
+    return claim, path
+
+
+def runtime_model_uri(spec: ModelServiceSpec) -> str:
+    """What the runtime loads: a pvc:// model is mounted read-only and read as a local file."""
+    pvc = pvc_source(spec)
+    return f"file://{PVC_MOUNT}/{pvc[1]}" if pvc else spec.model.uri
+
+
+def runtime_env(name: str, spec: ModelServiceSpec) -> list[dict[str, Any]]:
+    """The runtime's settings, as the ZEROSERVE_ environment variables its pydantic-settings read."""
+    values: dict[str, object | None] = {
+        "ZEROSERVE_MODEL_NAME": name,
+        "ZEROSERVE_MODEL_URI": runtime_model_uri(spec),
+        "ZEROSERVE_MODEL_FORMAT": spec.model.format,
+        "ZEROSERVE_MODEL_SHA256": spec.model.sha256,
+        "ZEROSERVE_CACHE_DIR": MODEL_CACHE,
+        "ZEROSERVE_HTTP_PORT": HTTP_PORT,
+        "ZEROSERVE_GRPC_PORT": GRPC_PORT,
+        "ZEROSERVE_DEVICE": "gpu" if is_gpu(spec) else "cpu",
+        "ZEROSERVE_THREADS": spec.runtime.threads,
+        # The runtime's admission limit matches Knative's hard limit, so the queue-proxy and the server
+        # agree on what "full" means (0: unlimited in Knative, the runtime's own default then).
+        "ZEROSERVE_MAX_CONCURRENCY": spec.scaling.container_concurrency or None,
+    }
+    if spec.runtime.batching is not None:
+        values["ZEROSERVE_MAX_BATCH_SIZE"] = spec.runtime.batching.max_batch_size
+        values["ZEROSERVE_MAX_QUEUE_DELAY_MS"] = spec.runtime.batching.max_queue_delay_ms
+    env: list[dict[str, Any]] = [{"name": k, "value": str(v)} for k, v in values.items() if v is not None]
+    for var in spec.env or []:
+        env.append(var.model_dump(by_alias=True, exclude_none=True))
+    return env
+
+
+def runtime_container(name: str, spec: ModelServiceSpec, settings: OperatorSettings) -> dict[str, Any]:
+    runtime = spec.runtime
+    default_image = settings.triton_image if runtime.name == "triton" else settings.onnx_image
+    port = (
+        {"name": "h2c", "containerPort": GRPC_PORT}
+        if runtime.protocol == "grpc"
+        else {"name": "http1", "containerPort": HTTP_PORT}
+    )
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": runtime.image or default_image,
+        "args": ["serve"] if runtime.name == "onnx" else ["triton"],
+        "env": runtime_env(name, spec),
+        # Knative routes exactly one port per revision; the runtime serves both protocols regardless.
+        "ports": [port],
+        # Ready only once the model is fetched, loaded and warmed up: the activator holds requests until
+        # then, so a cold start is slow but never an error.
+        "readinessProbe": {
+            "httpGet": {"path": "/v2/health/ready", "port": HTTP_PORT},
+            "periodSeconds": 1,
+            "failureThreshold": 3,
+            "timeoutSeconds": 1,
+        },
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUNTIME_UID,
+            "runAsGroup": RUNTIME_UID,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "seccompProfile": {"type": "RuntimeDefault"},
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "model-cache", "mountPath": MODEL_CACHE},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    if pvc_source(spec):
+        container["volumeMounts"].append({"name": "model-pvc", "mountPath": PVC_MOUNT, "readOnly": True})
+    resources = resource_requirements(spec)
+    if resources:
+        container["resources"] = resources
+    if spec.model.secret_ref is not None:
+        container["envFrom"] = [{"secretRef": {"name": spec.model.secret_ref.name}}]
+    return container
+
+
+def resource_requirements(spec: ModelServiceSpec) -> dict[str, Any]:
+    """Requests equal limits: a replica's latency should not depend on its neighbours."""
+    amounts: dict[str, str] = {}
+    if spec.resources.cpu:
+        amounts["cpu"] = spec.resources.cpu
+    if spec.resources.memory:
+        amounts["memory"] = spec.resources.memory
+    if spec.resources.gpu is not None:
+        amounts[spec.resources.gpu.resource_name] = str(spec.resources.gpu.count)
+    return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
+
+
+def pod_placement(spec: ModelServiceSpec, settings: OperatorSettings) -> dict[str, Any]:
+    node_selector = spec.node_selector
+    tolerations = (
+        [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations]
+        if spec.tolerations is not None
+        else None
+    )
+    if is_gpu(spec):
+        node_selector = node_selector if node_selector is not None else settings.gpu_node_selector
+        tolerations = tolerations if tolerations is not None else settings.gpu_tolerations
+    placement: dict[str, Any] = {}
+    if node_selector:
+        placement["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        placement["tolerations"] = tolerations
+    return placement
+
+
+def build_knative_service(body: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    """The desired Knative Service for a ModelService `body` (as the API server returns it)."""
+    spec = ModelServiceSpec.model_validate(body["spec"])
+    name = body["metadata"]["name"]
+    pod_labels = labels(name, spec.runtime.name)
+    template_spec: dict[str, Any] = {
+        "containerConcurrency": spec.scaling.container_concurrency,
+        "timeoutSeconds": spec.timeout_seconds,
+        "containers": [runtime_container(name, spec, settings)],
+        "volumes": [
+            {"name": "model-cache", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+        ],
+        **pod_placement(spec, settings),
+    }
+    if pvc := pvc_source(spec):
+        template_spec["volumes"].append(
+            {"name": "model-pvc", "persistentVolumeClaim": {"claimName": pvc[0], "readOnly": True}}
+        )
+    if spec.service_account_name:
+        template_spec["serviceAccountName"] = spec.service_account_name
+    ksvc: dict[str, Any] = {
+        "apiVersion": KNATIVE_API_VERSION,
+        "kind": "Service",
+        "metadata": {"name": name, "labels": dict(pod_labels)},
+        "spec": {
+            "template": {
+                "metadata": {
+                    "labels": dict(pod_labels),
+                    "annotations": autoscaling_annotations(spec, settings),
+                },
+                "spec": template_spec,
+            }
+        },
+    }
+    # Owner reference and namespace from the ModelService; deletion is left to the garbage collector.
+    kopf.adopt(ksvc, owner=body)  # type: ignore[arg-type]
+    return ksvc
