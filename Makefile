@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test lint pytest setup control-plane cluster-up bench-controlplane clean
+.PHONY: quickstart test lint pytest setup control-plane cluster-up bench-controlplane bench-operator crd clean
 
 ## quickstart: install Zeroserve and run its main job on the embedded default
 quickstart: $(STAMP)
@@ -43,6 +43,14 @@ cluster-up: $(STAMP) control-plane
 ## bench-controlplane: measure the control plane's cold start
 bench-controlplane: $(STAMP) control-plane
 	$(BIN)/python bench/controlplane_start.py
+
+## bench-operator: converge 1,000 ModelServices; time and operator peak RSS
+bench-operator: $(STAMP) control-plane
+	$(BIN)/python bench/operator_scale.py --count 1000
+
+## crd: regenerate crds/ from the pydantic models
+crd: $(STAMP)
+	$(BIN)/python -m zeroserve_operator.crd
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

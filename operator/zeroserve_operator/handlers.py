@@ -40,6 +40,11 @@ async def configure(
     settings.persistence.finalizer = "zeroserve.dev/finalizer"
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
+    # Bounded concurrency: a burst of ModelServices is worked off by a pool of workers instead of one
+    # per object, which keeps API connections, in-flight bodies and so memory flat; the API server is
+    # the bottleneck anyway.
+    settings.queueing.worker_limit = _settings().worker_limit
+    settings.queueing.idle_timeout = 0.5  # a finished object frees its worker slot quickly
     # kubernetes_asyncio logs whole response bodies at DEBUG, even under `--verbose` they are noise.
     logging.getLogger("kubernetes_asyncio").setLevel(logging.INFO)
     try:
@@ -140,9 +145,13 @@ class Outcome:
 
 
 async def reconcile_modelservice(
-    body: Mapping[str, Any], api_client: client.ApiClient, logger: logging.Logger
+    body: Mapping[str, Any],
+    api_client: client.ApiClient,
+    logger: logging.Logger,
+    ksvc: Mapping[str, Any] | None = None,
 ) -> Outcome:
-    """Close the gap between one ModelService and its Knative Service."""
+    """Close the gap between one ModelService and its Knative Service (`ksvc`, when the caller has just
+    seen it in a watch event; otherwise it is read)."""
     meta, generation = body["metadata"], body["metadata"].get("generation", 1)
     previous = body.get("status") or {}
 
@@ -167,7 +176,7 @@ async def reconcile_modelservice(
 
     custom = client.CustomObjectsApi(api_client)
     try:
-        actual = await _read_ksvc(custom, meta["namespace"], meta["name"])
+        actual = dict(ksvc) if ksvc is not None else await _read_ksvc(custom, meta["namespace"], meta["name"])
     except ApiException as e:
         if not _knative_missing(e):
             raise
@@ -278,7 +287,7 @@ async def knative_service_changed(
         raise
     if owner["metadata"].get("deletionTimestamp") or not _owned_by(body, owner["metadata"]["uid"]):
         return
-    outcome = await reconcile_modelservice(owner, memo.api, logger)
+    outcome = await reconcile_modelservice(owner, memo.api, logger, None if type == "DELETED" else body)
     new = outcome.status
     if new != {k: (owner.get("status") or {}).get(k) for k in new}:
         await _write_status(memo.api, namespace, name, new)
@@ -287,5 +296,5 @@ async def knative_service_changed(
 
 
 @kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL, optional=True)
-def forget(body: kopf.Body, **_: Any) -> None:
+async def forget(body: kopf.Body, **_: Any) -> None:
     metrics.forget(body)

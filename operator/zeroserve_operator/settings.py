@@ -47,6 +47,9 @@ class OperatorSettings(BaseSettings):
         gt=0,
         description="Seconds between retries while blocked by the cluster (Knative missing, a feature off).",
     )
+    worker_limit: int = Field(
+        default=32, ge=1, description="ModelServices reconciled at once; the rest wait their turn."
+    )
     knative_namespace: str = Field(
         default="knative-serving", description="Namespace of Knative Serving's config-features."
     )

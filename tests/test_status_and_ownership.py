@@ -1,0 +1,160 @@
+"""Pure helpers of the reconciler: status mirroring and the owned-field comparison."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zeroserve_operator.api import ModelServiceSpec
+from zeroserve_operator.ownership import contains, owned_fields_match
+from zeroserve_operator.resources import status
+
+SPEC = ModelServiceSpec.model_validate({"model": {"uri": "s3://b/m.onnx"}})
+
+
+def ksvc(generation: int = 1, observed: int | None = 1, ready: str | None = "True") -> dict[str, Any]:
+    st: dict[str, Any] = {"observedGeneration": observed, "url": "http://m.ns.example.com"}
+    if ready is not None:
+        st["conditions"] = [
+            {"type": "Ready", "status": ready, "reason": None if ready == "True" else "Failed"}
+        ]
+        st["latestReadyRevisionName"] = "m-00001"
+    return {"metadata": {"generation": generation}, "status": st}
+
+
+def by_type(st: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in st["conditions"]}
+
+
+def test_ready_knative_service_makes_everything_ready() -> None:
+    st = status.observed_status(SPEC, 3, ksvc(), None)
+    c = by_type(st)
+    assert (c["Ready"]["status"], c["ServiceReady"]["status"], c["SpecValid"]["status"]) == ("True",) * 3
+    assert st["url"] == "http://m.ns.example.com" and st["latestReadyRevision"] == "m-00001"
+    assert st["observedGeneration"] == 3 and st["device"] == "cpu"
+    assert c["Ready"]["observedGeneration"] == 3
+
+
+def test_status_of_an_older_knative_generation_is_not_trusted() -> None:
+    st = status.observed_status(SPEC, 2, ksvc(generation=2, observed=1), None)
+    assert by_type(st)["Ready"]["status"] == "Unknown"
+    assert by_type(st)["Ready"]["reason"] == "Reconciling"
+
+
+def test_failed_knative_service_carries_its_reason() -> None:
+    st = status.observed_status(SPEC, 1, ksvc(ready="False"), None)
+    ready = by_type(st)["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "Failed")
+    assert st["message"].startswith("Not ready (Failed)")
+
+
+def test_transition_time_only_moves_when_status_changes() -> None:
+    first = status.observed_status(SPEC, 1, ksvc(ready="False"), None)
+    for c in first["conditions"]:
+        c["lastTransitionTime"] = "2020-01-01T00:00:00Z"
+    same = status.observed_status(SPEC, 1, ksvc(ready="False"), first)
+    assert by_type(same)["Ready"]["lastTransitionTime"] == "2020-01-01T00:00:00Z"
+    changed = status.observed_status(SPEC, 1, ksvc(ready="True"), first)
+    assert by_type(changed)["Ready"]["lastTransitionTime"] != "2020-01-01T00:00:00Z"
+    assert by_type(changed)["SpecValid"]["lastTransitionTime"] == "2020-01-01T00:00:00Z"
+
+
+def test_feature_flags_follow_knatives_rules() -> None:
+    needed = ["kubernetes.podspec-nodeselector", "kubernetes.podspec-persistent-volume-claim"]
+    assert status.disabled_features(needed, None) == []  # no config-features seen: nothing claimed
+    assert status.disabled_features(needed, {}) == needed  # Knative's defaults: both off
+    allowed = {
+        "kubernetes.podspec-nodeselector": "Allowed",
+        "kubernetes.podspec-persistent-volume-claim": "allowed",
+    }
+    # "allowed" admits nodeSelector, but PVCs need exactly "enabled".
+    assert status.disabled_features(needed, allowed) == ["kubernetes.podspec-persistent-volume-claim"]
+    enabled = dict.fromkeys(needed, "Enabled")
+    assert status.disabled_features(needed, enabled) == []
+
+
+def test_blocked_status_keeps_url_and_says_why() -> None:
+    ready = status.observed_status(SPEC, 1, ksvc(), None)
+    st = status.blocked_status(2, ready, "KnativeNotInstalled", "install it")
+    assert st["url"] == ready["url"] and st["observedGeneration"] == 2
+    assert by_type(st)["Ready"]["reason"] == "KnativeNotInstalled"
+    assert status.readiness(st) == "false" and status.readiness(ready) == "true"
+
+
+def test_contains_ignores_fields_others_added() -> None:
+    desired = {
+        "spec": {
+            "template": {"spec": {"containers": [{"name": "runtime", "ports": [{"containerPort": 8080}]}]}}
+        }
+    }
+    actual = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "runtime",
+                            "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                            "resources": {},
+                        }
+                    ],
+                    "enableServiceLinks": False,
+                }
+            },
+            "traffic": [{"latestRevision": True, "percent": 100}],
+        }
+    }
+    assert contains(actual, desired)
+    actual["spec"]["template"]["spec"]["containers"].append({"name": "sidecar"})
+    assert not contains(actual, desired)
+
+
+def test_contains_compares_quantities_by_amount() -> None:
+    desired = {"resources": {"limits": {"cpu": "0.5", "memory": "1Gi"}}}
+    assert contains({"resources": {"limits": {"cpu": "500m", "memory": "1024Mi"}}}, desired)
+    assert not contains({"resources": {"limits": {"cpu": "600m", "memory": "1Gi"}}}, desired)
+    assert not contains({"image": "0.5"}, {"image": "500m"})  # only resource amounts are quantities
+
+
+def test_a_field_we_own_but_no_longer_want_is_a_difference() -> None:
+    desired = {
+        "spec": {"template": {"metadata": {"annotations": {"autoscaling.knative.dev/min-scale": "0"}}}}
+    }
+    actual = {
+        "metadata": {
+            "managedFields": [
+                {
+                    "manager": "zeroserve-operator",
+                    "operation": "Apply",
+                    "fieldsV1": {
+                        "f:spec": {
+                            "f:template": {
+                                "f:metadata": {
+                                    "f:annotations": {
+                                        "f:autoscaling.knative.dev/min-scale": {},
+                                        "f:autoscaling.knative.dev/max-scale": {},
+                                    }
+                                }
+                            }
+                        }
+                    },
+                },
+                {"manager": "someone", "operation": "Update", "fieldsV1": {"f:spec": {"f:traffic": {}}}},
+            ]
+        },
+        "spec": {
+            "template": {
+                "metadata": {
+                    "annotations": {
+                        "autoscaling.knative.dev/min-scale": "0",
+                        "autoscaling.knative.dev/max-scale": "5",
+                    }
+                }
+            },
+            "traffic": [],
+        },
+    }
+    assert not owned_fields_match(desired, actual)
+    actual["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:template"]["f:metadata"][
+        "f:annotations"
+    ].pop("f:autoscaling.knative.dev/max-scale")
+    assert owned_fields_match(desired, actual)
