@@ -82,10 +82,11 @@ def test_scaling_settings_become_template_annotations() -> None:
         "window": "2m30s",
     }.items()
     assert template(ksvc)["spec"]["containerConcurrency"] == 4
+    assert "containerConcurrency" not in template(build(CPU))["spec"]  # 0: left to Knative's default
     assert template(ksvc)["spec"]["timeoutSeconds"] == 90
     assert env(ksvc)["ZEROSERVE_MAX_CONCURRENCY"] == "4"
     # Knative rejects autoscaling annotations on the Service's own metadata.
-    assert "annotations" not in ksvc["metadata"]
+    assert not any(k.startswith("autoscaling.") for k in ksvc["metadata"]["annotations"])
 
 
 def test_runtime_container_carries_model_and_settings() -> None:
@@ -210,6 +211,20 @@ def test_labels_owner_reference_and_namespace() -> None:
     for labels in (ksvc["metadata"]["labels"], template(ksvc)["metadata"]["labels"]):
         assert labels["zeroserve.dev/modelservice"] == "digits"
         assert labels["app.kubernetes.io/managed-by"] == "zeroserve-operator"
+
+
+def test_desired_hash_tracks_every_field_we_set() -> None:
+    with_secret = build({**CPU, "model": {**CPU["model"], "secretRef": {"name": "creds"}}})
+    without = build(CPU)
+    key = "zeroserve.dev/desired-hash"
+    assert with_secret["metadata"]["annotations"][key] != without["metadata"]["annotations"][key]
+    assert build(CPU)["metadata"]["annotations"][key] == without["metadata"]["annotations"][key]
+
+
+def test_no_service_account_token_unless_an_identity_is_asked_for() -> None:
+    assert template(build(CPU))["spec"]["automountServiceAccountToken"] is False
+    spec = template(build({**CPU, "serviceAccountName": "model-reader"}))["spec"]
+    assert spec["serviceAccountName"] == "model-reader" and "automountServiceAccountToken" not in spec
 
 
 def test_builder_is_pure() -> None:

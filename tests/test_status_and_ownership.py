@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from zeroserve_operator.api import ModelServiceSpec
-from zeroserve_operator.ownership import contains, owned_fields_match
+from zeroserve_operator.ownership import contains, owned_fields_match, stamp
 from zeroserve_operator.resources import status
 
 SPEC = ModelServiceSpec.model_validate({"model": {"uri": "s3://b/m.onnx"}})
@@ -115,46 +115,13 @@ def test_contains_compares_quantities_by_amount() -> None:
     assert not contains({"image": "0.5"}, {"image": "500m"})  # only resource amounts are quantities
 
 
-def test_a_field_we_own_but_no_longer_want_is_a_difference() -> None:
-    desired = {
-        "spec": {"template": {"metadata": {"annotations": {"autoscaling.knative.dev/min-scale": "0"}}}}
-    }
-    actual = {
-        "metadata": {
-            "managedFields": [
-                {
-                    "manager": "zeroserve-operator",
-                    "operation": "Apply",
-                    "fieldsV1": {
-                        "f:spec": {
-                            "f:template": {
-                                "f:metadata": {
-                                    "f:annotations": {
-                                        "f:autoscaling.knative.dev/min-scale": {},
-                                        "f:autoscaling.knative.dev/max-scale": {},
-                                    }
-                                }
-                            }
-                        }
-                    },
-                },
-                {"manager": "someone", "operation": "Update", "fieldsV1": {"f:spec": {"f:traffic": {}}}},
-            ]
-        },
-        "spec": {
-            "template": {
-                "metadata": {
-                    "annotations": {
-                        "autoscaling.knative.dev/min-scale": "0",
-                        "autoscaling.knative.dev/max-scale": "5",
-                    }
-                }
-            },
-            "traffic": [],
-        },
-    }
-    assert not owned_fields_match(desired, actual)
-    actual["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:template"]["f:metadata"][
-        "f:annotations"
-    ].pop("f:autoscaling.knative.dev/max-scale")
-    assert owned_fields_match(desired, actual)
+def test_a_field_we_stopped_setting_is_a_difference() -> None:
+    old = stamp(
+        {"spec": {"template": {"metadata": {"annotations": {"a/min-scale": "0", "a/max-scale": "5"}}}}}
+    )
+    new = stamp({"spec": {"template": {"metadata": {"annotations": {"a/min-scale": "0"}}}}})
+    live = {**old, "spec": {**old["spec"], "traffic": [{"percent": 100}]}}  # plus what Knative adds
+    assert owned_fields_match(old, live)
+    # Every field of `new` is still in the live object; only the hash tells that max-scale must go.
+    assert contains(live["spec"], new["spec"])
+    assert not owned_fields_match(new, live)

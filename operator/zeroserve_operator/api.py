@@ -83,8 +83,8 @@ class ModelSource(_Spec):
         default=None,
         alias="secretRef",
         description="Secret whose keys become the runtime's environment, for storage credentials (for "
-        "example AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for s3://, or GOOGLE_APPLICATION_CREDENTIALS "
-        "content for gs://). Its values are never logged or copied into status.",
+        "example AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for s3://; for gs://, use a serviceAccountName "
+        "with Workload Identity). Its values are never logged or copied into status.",
     )
 
 
@@ -219,6 +219,7 @@ class Scaling(_Spec):
         default=None,
         alias="initialScale",
         ge=0,
+        le=1000,
         description="Replicas started when the service is created. 0 needs allow-zero-initial-scale in the "
         "cluster's config-autoscaler.",
     )
@@ -239,6 +240,11 @@ class Toleration(_Spec):
             "self.operator != 'Exists' || !has(self.value)",
             "value must be empty when operator is Exists",
             ".value",
+        ),
+        cel(
+            "self.operator == 'Exists' || has(self.key)",
+            "key is required when operator is Equal",
+            ".key",
         ),
         cel(
             "!has(self.tolerationSeconds) || self.effect == 'NoExecute'",
@@ -282,7 +288,13 @@ class EnvVarSource(_Spec):
 
 class EnvVar(_Spec):
     model_config = validations(
-        cel("!(has(self.value) && has(self.valueFrom))", "set value or valueFrom, not both")
+        cel("!(has(self.value) && has(self.valueFrom))", "set value or valueFrom, not both"),
+        cel(
+            "!(self.name in ['PORT', 'K_SERVICE', 'K_CONFIGURATION', 'K_REVISION'])",
+            "PORT, K_SERVICE, K_CONFIGURATION and K_REVISION are reserved by Knative",
+            ".name",
+        ),
+        cel("!self.name.startsWith('ZEROSERVE_')", "ZEROSERVE_ variables are set from the spec", ".name"),
     )
     name: str = Field(
         min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name."

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from zeroserve_operator import handlers
 
     if args.metrics_port is not None:
-        handlers.settings.metrics_port = args.metrics_port
+        handlers.operator_settings.metrics_port = args.metrics_port
     kopf.configure(verbose=args.verbose)
     # One replica, no peering: kopf's peering CRDs are not installed, and standalone needs none.
     kopf.run(

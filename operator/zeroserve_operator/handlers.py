@@ -24,8 +24,9 @@ from zeroserve_operator.resources import knative, status
 from zeroserve_operator.settings import OperatorSettings
 
 CONFLICT_RETRIES = 3
+REJECTED_RETRY_SECONDS = 300
 
-settings = OperatorSettings()
+operator_settings = OperatorSettings()
 
 
 @kopf.on.startup()
@@ -37,13 +38,11 @@ async def configure(
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="zeroserve.dev", key="last-handled-configuration"
     )
-    settings.persistence.finalizer = "zeroserve.dev/finalizer"
-    settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     # Bounded concurrency: a burst of ModelServices is worked off by a pool of workers instead of one
     # per object, which keeps API connections, in-flight bodies and so memory flat; the API server is
     # the bottleneck anyway.
-    settings.queueing.worker_limit = _settings().worker_limit
+    settings.queueing.worker_limit = operator_settings.worker_limit
     settings.queueing.idle_timeout = 0.5  # a finished object frees its worker slot quickly
     # kubernetes_asyncio logs whole response bodies at DEBUG, even under `--verbose` they are noise.
     logging.getLogger("kubernetes_asyncio").setLevel(logging.INFO)
@@ -52,8 +51,8 @@ async def configure(
     except config.ConfigException:
         await config.load_kube_config()
     memo.api = client.ApiClient()
-    metrics.serve(_settings().metrics_port, _settings().metrics_addr)
-    logger.info("zeroserve operator started; default onnx image %s", _settings().onnx_image)
+    metrics.serve(operator_settings.metrics_port, operator_settings.metrics_addr)
+    logger.info("zeroserve operator started; default onnx image %s", operator_settings.onnx_image)
 
 
 @kopf.on.cleanup()
@@ -62,14 +61,10 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
         await memo.api.close()
 
 
-def _settings() -> OperatorSettings:
-    return settings
-
-
 async def _config_features(api_client: client.ApiClient) -> dict[str, str] | None:
     try:
         cm = await client.CoreV1Api(api_client).read_namespaced_config_map(
-            "config-features", _settings().knative_namespace
+            "config-features", operator_settings.knative_namespace
         )
     except ApiException as e:
         if e.status in (403, 404):
@@ -152,18 +147,38 @@ async def reconcile_modelservice(
 ) -> Outcome:
     """Close the gap between one ModelService and its Knative Service (`ksvc`, when the caller has just
     seen it in a watch event; otherwise it is read)."""
-    meta, generation = body["metadata"], body["metadata"].get("generation", 1)
-    previous = body.get("status") or {}
-
-    def blocked(result: str, reason: str, message: str, retry_after: float | None = None) -> Outcome:
-        new = status.blocked_status(generation, previous, reason, message, spec_valid=result != "invalid")
-        return Outcome(new, result, message, retry_after)
-
     try:
         spec = api.ModelServiceSpec.model_validate(body["spec"])
     except pydantic.ValidationError as e:
-        return blocked("invalid", "InvalidSpec", _describe(e))
-    desired = knative.build_knative_service(body, _settings())
+        return _blocked(body, "invalid", "InvalidSpec", _describe(e))
+    try:
+        return await _close_gap(body, spec, api_client, logger, ksvc)
+    except ApiException as e:
+        message = f"Kubernetes API error {e.status}: {_api_message(e)}"
+        logger.error(message)
+        return _blocked(body, "error", "KubernetesAPIError", message, operator_settings.retry_delay)
+
+
+def _blocked(
+    body: Mapping[str, Any], result: str, reason: str, message: str, retry_after: float | None = None
+) -> Outcome:
+    generation = body["metadata"].get("generation", 1)
+    new = status.blocked_status(
+        generation, body.get("status"), reason, message, spec_valid=result != "invalid"
+    )
+    return Outcome(new, result, message, retry_after)
+
+
+async def _close_gap(
+    body: Mapping[str, Any],
+    spec: api.ModelServiceSpec,
+    api_client: client.ApiClient,
+    logger: logging.Logger,
+    ksvc: Mapping[str, Any] | None,
+) -> Outcome:
+    desired = knative.build_knative_service(body, operator_settings)
+    meta, generation = body["metadata"], body["metadata"].get("generation", 1)
+    previous = body.get("status") or {}
 
     # A spec Knative's webhook would refuse is not sent; the condition names the flag to turn on.
     needed = status.required_features(desired)
@@ -172,7 +187,7 @@ async def reconcile_modelservice(
         message = status.features_message(disabled)
         logger.warning(message)
         new = status.observed_status(spec, generation, None, previous, disabled)
-        return Outcome(new, "feature_disabled", message, _settings().retry_delay)
+        return Outcome(new, "feature_disabled", message, operator_settings.retry_delay)
 
     custom = client.CustomObjectsApi(api_client)
     try:
@@ -184,10 +199,15 @@ async def reconcile_modelservice(
             "The serving.knative.dev/v1 API is not installed. Install Knative Serving; this ModelService "
             "is reconciled once it is there."
         )
-        return blocked("knative_missing", "KnativeNotInstalled", message, _settings().retry_delay)
+        return _blocked(
+            body, "knative_missing", "KnativeNotInstalled", message, operator_settings.retry_delay
+        )
     if actual is not None and not _owned_by(actual, meta["uid"]):
-        message = f"A Knative Service named {meta['name']} already exists and belongs to someone else."
-        return blocked("conflict", "KnativeServiceConflict", message)
+        message = (
+            f"A Knative Service named {meta['name']} already exists and belongs to someone else; "
+            "retrying until it is gone."
+        )
+        return _blocked(body, "conflict", "KnativeServiceConflict", message, operator_settings.retry_delay)
     if actual is None or not owned_fields_match(desired, actual):
         verb = "Created" if actual is None else "Updated"
         try:
@@ -195,8 +215,9 @@ async def reconcile_modelservice(
         except ApiException as e:
             if e.status not in (400, 422):
                 raise
-            # Knative's admission webhook refused it: only a spec change can help.
-            return blocked("rejected", "KnativeRejected", _api_message(e))
+            # Knative's admission webhook refused it. A spec change retries at once; a change of the
+            # cluster's Knative config (max timeout, scale limits) is picked up by the slow retry.
+            return _blocked(body, "rejected", "KnativeRejected", _api_message(e), REJECTED_RETRY_SECONDS)
         message = f"{verb} Knative Service {meta['namespace']}/{meta['name']}"
         logger.info(message)
         kopf.info(dict(body), reason=f"KnativeService{verb}", message=message)
@@ -285,7 +306,11 @@ async def knative_service_changed(
         if e.status == 404:
             return  # the ModelService is gone; the garbage collector takes the Knative Service
         raise
-    if owner["metadata"].get("deletionTimestamp") or not _owned_by(body, owner["metadata"]["uid"]):
+    if owner["metadata"].get("deletionTimestamp"):
+        return
+    # A deleted Knative Service may have been the obstacle (a foreign one, or one left from an earlier
+    # ModelService of the same name): reconcile whoever carries the name now.
+    if type != "DELETED" and not _owned_by(body, owner["metadata"]["uid"]):
         return
     outcome = await reconcile_modelservice(owner, memo.api, logger, None if type == "DELETED" else body)
     new = outcome.status
@@ -295,6 +320,8 @@ async def knative_service_changed(
         metrics.observe_readiness(owner, new)
 
 
-@kopf.on.delete(api.GROUP, api.VERSION, api.PLURAL, optional=True)
-async def forget(body: kopf.Body, **_: Any) -> None:
-    metrics.forget(body)
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+async def forget_deleted(type: str | None, body: kopf.Body, **_: Any) -> None:
+    # No finalizer, so kopf's on.delete never runs: the watch event is the only word of a deletion.
+    if type == "DELETED":
+        metrics.forget(body)

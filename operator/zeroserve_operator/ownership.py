@@ -1,14 +1,33 @@
-"""Does the live object already say what we want? Only the fields this operator owns are compared, so
-defaults that Knative's webhook adds, and fields other controllers own, never trigger an update."""
+"""Does the live Knative Service already say what we want? Only what this operator sets is compared, so
+defaults that Knative's webhook adds, and fields other controllers own, never trigger an update.
+
+Two checks: every field we set still has our value (someone may have edited it), and the hash of the
+whole desired object, stamped on it at the last apply, still matches (a field we stopped setting is
+gone from `desired`, so only the hash can tell that it must be removed).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from kubernetes.utils import parse_quantity
 
 FIELD_MANAGER = "zeroserve-operator"
+DESIRED_HASH = "zeroserve.dev/desired-hash"
+
+
+def desired_hash(obj: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:20]
+
+
+def stamp(obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` with the hash of its own content in an annotation."""
+    digest = desired_hash(obj)
+    obj.setdefault("metadata", {}).setdefault("annotations", {})[DESIRED_HASH] = digest
+    return obj
 
 
 def _same_quantity(a: Any, b: Any) -> bool:
@@ -36,26 +55,6 @@ def contains(actual: Any, desired: Any, path: tuple[str, ...] = ()) -> bool:
     return bool(path) and path[-2:-1] in (("requests",), ("limits",)) and _same_quantity(actual, desired)
 
 
-def _stale_paths(owned: Mapping[str, Any], desired: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    """Fields the managedFields entry says we own but that `desired` no longer sets."""
-    stale = []
-    for key, sub in owned.items():
-        if not key.startswith("f:"):
-            continue  # list items (k:/v:/i:) are compared whole by `contains`
-        name = key[2:]
-        if not isinstance(desired, Mapping) or name not in desired:
-            stale.append((*path, name))
-        elif isinstance(desired[name], Mapping) and sub:
-            stale += _stale_paths(sub, desired[name], (*path, name))
-    return stale
-
-
 def owned_fields_match(desired: Mapping[str, Any], actual: Mapping[str, Any]) -> bool:
-    """True when applying `desired` would change nothing we own."""
-    if not contains(actual, desired):
-        return False
-    for entry in actual.get("metadata", {}).get("managedFields") or []:
-        if entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply":
-            if _stale_paths(entry.get("fieldsV1") or {}, desired):
-                return False
-    return True
+    """True when applying `desired` (already stamped) would change nothing we own."""
+    return contains(actual, desired)

@@ -8,6 +8,7 @@ from typing import Any
 import kopf
 
 from zeroserve_operator.api import ModelServiceSpec
+from zeroserve_operator.ownership import stamp
 from zeroserve_operator.settings import OperatorSettings
 
 KNATIVE_API_VERSION = "serving.knative.dev/v1"
@@ -58,7 +59,7 @@ def autoscaling_annotations(spec: ModelServiceSpec, settings: OperatorSettings) 
     }
     optional = {
         "max-scale": scaling.max_replicas,
-        "target": None if scaling.target is None else f"{scaling.target:g}",
+        "target": None if scaling.target is None else _number(scaling.target),
         "initial-scale": scaling.initial_scale,
         "scale-to-zero-pod-retention-period": scaling.scale_to_zero_retention,
         "window": scaling.window,
@@ -79,6 +80,10 @@ def runtime_model_uri(spec: ModelServiceSpec) -> str:
     """What the runtime loads: a pvc:// model is mounted read-only and read as a local file."""
     pvc = pvc_source(spec)
     return f"file://{PVC_MOUNT}/{pvc[1]}" if pvc else spec.model.uri
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def runtime_env(name: str, spec: ModelServiceSpec) -> list[dict[str, Any]]:
@@ -123,12 +128,9 @@ def runtime_container(name: str, spec: ModelServiceSpec, settings: OperatorSetti
         "ports": [port],
         # Ready only once the model is fetched, loaded and warmed up: the activator holds requests until
         # then, so a cold start is slow but never an error.
-        "readinessProbe": {
-            "httpGet": {"path": "/v2/health/ready", "port": HTTP_PORT},
-            "periodSeconds": 1,
-            "failureThreshold": 3,
-            "timeoutSeconds": 1,
-        },
+        # periodSeconds 0 turns on Knative's aggressive probing (every 25ms until ready), which shortens
+        # every cold start; Knative then wants no failureThreshold or timeoutSeconds.
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": HTTP_PORT}, "periodSeconds": 0},
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUNTIME_UID,
@@ -190,8 +192,8 @@ def build_knative_service(body: Mapping[str, Any], settings: OperatorSettings) -
     name = body["metadata"]["name"]
     pod_labels = labels(name, spec.runtime.name)
     template_spec: dict[str, Any] = {
-        "containerConcurrency": spec.scaling.container_concurrency,
         "timeoutSeconds": spec.timeout_seconds,
+        "enableServiceLinks": False,
         "containers": [runtime_container(name, spec, settings)],
         "volumes": [
             {"name": "model-cache", "emptyDir": {}},
@@ -203,8 +205,14 @@ def build_knative_service(body: Mapping[str, Any], settings: OperatorSettings) -
         template_spec["volumes"].append(
             {"name": "model-pvc", "persistentVolumeClaim": {"claimName": pvc[0], "readOnly": True}}
         )
+    if spec.scaling.container_concurrency:
+        # 0 (unlimited) is Knative's default; leaving it out also suits clusters that forbid it.
+        template_spec["containerConcurrency"] = spec.scaling.container_concurrency
     if spec.service_account_name:
         template_spec["serviceAccountName"] = spec.service_account_name
+    else:
+        # Model servers never call the Kubernetes API: no token unless an identity was asked for.
+        template_spec["automountServiceAccountToken"] = False
     ksvc: dict[str, Any] = {
         "apiVersion": KNATIVE_API_VERSION,
         "kind": "Service",
@@ -219,6 +227,8 @@ def build_knative_service(body: Mapping[str, Any], settings: OperatorSettings) -
             }
         },
     }
-    # Owner reference and namespace from the ModelService; deletion is left to the garbage collector.
-    kopf.adopt(ksvc, owner=body)  # type: ignore[arg-type]
-    return ksvc
+    # Owned by the ModelService, so deletion is left to the garbage collector. (Not kopf.adopt: it would
+    # also copy the ModelService's labels, which then lag behind, since label edits trigger no reconcile.)
+    ksvc["metadata"]["namespace"] = body["metadata"]["namespace"]
+    kopf.append_owner_reference(ksvc, owner=body)  # type: ignore[arg-type]
+    return stamp(ksvc)

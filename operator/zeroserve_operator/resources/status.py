@@ -15,12 +15,14 @@ KNATIVE_FEATURES = "KnativeFeaturesEnabled"
 
 # The config-features flags (knative-serving/config-features) a spec needs, and Knative's defaults.
 FEATURE_DEFAULTS = {
+    "kubernetes.podspec-volumes-emptydir": "enabled",
     "kubernetes.podspec-nodeselector": "disabled",
     "kubernetes.podspec-tolerations": "disabled",
     "kubernetes.podspec-persistent-volume-claim": "disabled",
 }
 # nodeSelector and tolerations pass when a flag is "allowed" too; PVCs need exactly "enabled".
 FEATURE_ACCEPTS = {
+    "kubernetes.podspec-volumes-emptydir": {"enabled"},
     "kubernetes.podspec-nodeselector": {"enabled", "allowed"},
     "kubernetes.podspec-tolerations": {"enabled", "allowed"},
     "kubernetes.podspec-persistent-volume-claim": {"enabled"},
@@ -35,6 +37,8 @@ def required_features(ksvc: Mapping[str, Any]) -> list[str]:
     """The Knative feature flags the built Knative Service relies on."""
     pod = ksvc["spec"]["template"]["spec"]
     needed = []
+    if any("emptyDir" in v for v in pod.get("volumes", [])):
+        needed.append("kubernetes.podspec-volumes-emptydir")
     if pod.get("nodeSelector"):
         needed.append("kubernetes.podspec-nodeselector")
     if pod.get("tolerations"):
