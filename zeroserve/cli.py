@@ -18,14 +18,19 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Each component adds its own subcommands; imports stay light so `--help` is fast.
     from zeroserve_operator import cli as operator_cli
+    from zeroserve_runtime import cli as runtime_cli
 
+    runtime_cli.add_parser(subparsers)
     operator_cli.add_parser(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     if args.command is None:
         parser.print_help()
         return 0

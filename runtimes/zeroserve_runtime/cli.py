@@ -1,0 +1,27 @@
+"""`zeroserve serve`: the runtime. Flags mirror the ZEROSERVE_* settings one for one (pydantic-settings
+parses both), and a flag wins over its environment variable."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve an ONNX model over the Open Inference Protocol v2 (REST and gRPC)",
+        add_help=False,  # --help is answered by the settings parser, which knows every flag
+    )
+    p.set_defaults(func=run, passthrough=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    from zeroserve_runtime.server import process_start_time, serve
+    from zeroserve_runtime.settings import RuntimeSettings
+
+    started_at = process_start_time()
+    imported_at = time.time()
+    settings = RuntimeSettings(_cli_parse_args=args.extra)  # type: ignore[call-arg]
+    return serve(settings, started_at, imported_at)

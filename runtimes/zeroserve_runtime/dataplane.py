@@ -1,0 +1,116 @@
+"""The transport-agnostic data plane: what REST and gRPC both answer, in one place."""
+
+from __future__ import annotations
+
+import time
+
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+from zeroserve import __version__
+from zeroserve_runtime.batching import Admission, Batcher
+from zeroserve_runtime.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerBusy, ServingError
+from zeroserve_runtime.metrics import RuntimeMetrics
+from zeroserve_runtime.model import OnnxModel
+from zeroserve_runtime.protocol.tensors import InferRequest, InferResponse
+
+SERVER_NAME = "zeroserve"
+EXTENSIONS = ["binary_tensor_data", "model_repository/readonly", "statistics/prometheus"]
+MODEL_VERSION = "1"
+
+
+class DataPlane:
+    def __init__(self, model_name: str, metrics: RuntimeMetrics, admission: Admission) -> None:
+        self.model_name = model_name
+        self.metrics = metrics
+        self.admission = admission
+        self.model: OnnxModel | None = None
+        self.batcher: Batcher | None = None
+        self.draining = False
+
+    def attach(self, model: OnnxModel, batcher: Batcher) -> None:
+        self.model, self.batcher = model, batcher
+
+    # -- health and metadata ---------------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.model is not None and not self.draining
+
+    def server_metadata(self) -> dict[str, object]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+    def _model(self, name: str, version: str | None) -> OnnxModel:
+        if name != self.model_name or version not in (None, "", MODEL_VERSION):
+            shown = name if not version else f"{name} version {version}"
+            raise ModelNotFound(f"model '{shown}' is not served here; this server serves '{self.model_name}'")
+        if self.model is None:
+            raise ModelNotReady(f"model '{name}' is still loading")
+        return self.model
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, object]:
+        return self._model(name, version).metadata()
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        try:
+            self._model(name, version)
+        except ModelNotReady:
+            return False
+        return not self.draining
+
+    # -- inference -------------------------------------------------------------------------------------
+
+    async def infer(
+        self, name: str, version: str | None, request: InferRequest, protocol: str
+    ) -> InferResponse:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            response = await self._infer(name, version, request)
+            outcome = "success"
+            return response
+        except InvalidInput:
+            outcome = "invalid"
+            raise
+        except ServerBusy:
+            outcome = "busy"
+            raise
+        except ServingError as e:
+            outcome = type(e).__name__.lower()
+            raise
+        finally:
+            self.metrics.requests.labels(self.model_name, protocol, outcome).inc()
+            if outcome == "success":
+                self.metrics.request_seconds.labels(self.model_name, protocol).observe(
+                    time.perf_counter() - started
+                )
+
+    async def _infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
+        model = self._model(name, version)
+        # While draining, requests still arriving on open connections are served: none is lost.
+        model.check(request.inputs, request.datatypes)
+        wanted = [o.name for o in request.outputs] if request.outputs else model.output_names
+        unknown = [n for n in wanted if n not in model.output_names]
+        if unknown:
+            raise InvalidInput(
+                f"unknown output {', '.join(repr(u) for u in unknown)}; model '{name}' has "
+                f"{', '.join(repr(n) for n in model.output_names)}"
+            )
+        assert self.batcher is not None
+        with self.admission:
+            try:
+                results = await self.batcher.infer(request.inputs)
+            except InvalidArgument as e:
+                raise InvalidInput(f"the model rejected the input: {e}") from None
+        by_name = dict(zip(model.output_names, results, strict=True))
+        binary = {o.name: o.binary or request.binary_outputs for o in request.outputs or []}
+        if not request.outputs:
+            binary = dict.fromkeys(wanted, request.binary_outputs)
+        return InferResponse(
+            model_name=name,
+            model_version=MODEL_VERSION,
+            outputs={n: by_name[n] for n in wanted},
+            id=request.id,
+            binary=binary,
+        )

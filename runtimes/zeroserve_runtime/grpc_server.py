@@ -1,0 +1,141 @@
+"""gRPC transport: inference.GRPCInferenceService (Open Inference Protocol v2), with the servicer base
+and messages that tritonclient ships, so tritonclient.grpc works unmodified."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from zeroserve_runtime.dataplane import DataPlane
+from zeroserve_runtime.errors import InvalidInput, ServingError
+from zeroserve_runtime.protocol.tensors import (
+    NUMPY_TO_DATATYPE,
+    InferRequest,
+    RequestedOutput,
+    checked_shape,
+    element_count,
+    from_buffer,
+    numpy_dtype,
+)
+
+log = logging.getLogger("zeroserve.runtime")
+
+# Which InferTensorContents field carries each datatype when raw contents are not used.
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+
+
+def decode_request(request: service_pb2.ModelInferRequest) -> InferRequest:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    inputs: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
+    for i, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name in inputs:
+            raise InvalidInput(f"input '{name}' is given twice")
+        dtype = numpy_dtype(tensor.datatype, name)
+        shape = checked_shape(list(tensor.shape), name)
+        if raw:
+            inputs[name] = from_buffer(raw[i], 0, len(raw[i]), dtype, shape, name)
+        else:
+            field = CONTENTS_FIELD.get(tensor.datatype)
+            values = getattr(tensor.contents, field) if field else []
+            count = element_count(shape)
+            if len(values) != count:
+                raise InvalidInput(
+                    f"input '{name}': shape {list(shape)} needs {count} values, got {len(values)}"
+                )
+            inputs[name] = np.asarray(values, dtype=dtype).reshape(shape)
+        datatypes[name] = tensor.datatype
+    outputs = [RequestedOutput(o.name, True) for o in request.outputs] or None
+    return InferRequest(inputs=inputs, datatypes=datatypes, outputs=outputs, id=request.id or None)
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def _abort(self, context: grpc.aio.ServicerContext, error: ServingError) -> None:
+        await context.abort(getattr(grpc.StatusCode, error.grpc_code), error.message)
+
+    async def ServerLive(self, request, context):  # type: ignore[no-untyped-def]
+        return service_pb2.ServerLiveResponse(live=self.dataplane.live())
+
+    async def ServerReady(self, request, context):  # type: ignore[no-untyped-def]
+        return service_pb2.ServerReadyResponse(ready=self.dataplane.ready())
+
+    async def ModelReady(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            return service_pb2.ModelReadyResponse(
+                ready=self.dataplane.model_ready(request.name, request.version)
+            )
+        except ServingError as e:
+            await self._abort(context, e)
+
+    async def ServerMetadata(self, request, context):  # type: ignore[no-untyped-def]
+        meta = self.dataplane.server_metadata()
+        return service_pb2.ServerMetadataResponse(
+            name=meta["name"], version=meta["version"], extensions=meta["extensions"]
+        )
+
+    async def ModelMetadata(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            meta = self.dataplane.model_metadata(request.name, request.version)
+        except ServingError as e:
+            await self._abort(context, e)
+            return None
+        tensor = service_pb2.ModelMetadataResponse.TensorMetadata
+        return service_pb2.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]],
+            outputs=[tensor(**t) for t in meta["outputs"]],
+        )
+
+    async def ModelInfer(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            decoded = decode_request(request)
+            response = await self.dataplane.infer(request.model_name, request.model_version, decoded, "grpc")
+        except ServingError as e:
+            await self._abort(context, e)
+            return None
+        out = service_pb2.ModelInferResponse(
+            model_name=response.model_name, model_version=response.model_version or "", id=response.id or ""
+        )
+        for name, array in response.outputs.items():
+            tensor = out.outputs.add()
+            tensor.name = name
+            tensor.datatype = NUMPY_TO_DATATYPE[array.dtype]
+            tensor.shape.extend(array.shape)
+            out.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+        return out
+
+
+def build_server(dataplane: DataPlane, address: str, max_message_bytes: int) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+    )
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot listen for gRPC on {address}")
+    return server

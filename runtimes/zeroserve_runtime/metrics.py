@@ -1,0 +1,71 @@
+"""The runtime's Prometheus metrics, labelled by model. Knative exports no cold-start metric; we do."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class RuntimeMetrics:
+    """One registry per server, so tests can run several servers in one process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "zeroserve_requests_total",
+            "Inference requests by protocol and outcome.",
+            ["model", "protocol", "outcome"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "zeroserve_request_duration_seconds",
+            "Inference request latency inside the server.",
+            ["model", "protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "zeroserve_queue_duration_seconds",
+            "Time a request waited for its batch to run.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "zeroserve_inference_duration_seconds",
+            "onnxruntime session.run time per batch.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "zeroserve_batch_size",
+            "Requests merged into one session.run.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "zeroserve_inflight_requests",
+            "Admitted inference requests, running or queued.",
+            ["model"],
+            registry=r,
+        )
+        self.fetch_seconds = Gauge(
+            "zeroserve_model_fetch_seconds",
+            "Time to fetch (and verify) the model file.",
+            ["model"],
+            registry=r,
+        )
+        self.load_seconds = Gauge(
+            "zeroserve_model_load_seconds", "Time to create the onnxruntime session.", ["model"], registry=r
+        )
+        self.cold_start_seconds = Gauge(
+            "zeroserve_cold_start_seconds",
+            "Process start to ready, by phase: import, fetch, load, warmup, and total.",
+            ["phase"],
+            registry=r,
+        )

@@ -1,0 +1,118 @@
+"""An ONNX model in an onnxruntime session, with the metadata the protocol reports."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from zeroserve_runtime.errors import InvalidInput, ModelLoadError
+from zeroserve_runtime.protocol.tensors import DATATYPES, ONNX_TO_DATATYPE
+
+log = logging.getLogger("zeroserve.runtime")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1 where the model leaves a dimension dynamic
+
+    def metadata(self) -> dict[str, object]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+def _spec(arg: ort.NodeArg) -> TensorSpec:
+    datatype = ONNX_TO_DATATYPE.get(arg.type)
+    if datatype is None:
+        raise ModelLoadError(f"tensor '{arg.name}' has type {arg.type}, which this runtime cannot serve")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
+    return TensorSpec(arg.name, datatype, shape)
+
+
+def execution_providers(device: str) -> list[str]:
+    available = ort.get_available_providers()
+    if device == "gpu" and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxModel:
+    def __init__(self, name: str, path: Path, threads: int, device: str = "cpu") -> None:
+        self.name = name
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        # Idle intra-op threads would otherwise spin for a while after each run, taking the cores the
+        # event loop needs to parse the next request; a server interleaves, a benchmark loop does not.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = execution_providers(device)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as e:  # onnxruntime raises its own untyped errors for bad files
+            raise ModelLoadError(f"onnxruntime cannot load {path}: {e}") from e
+        used = self.session.get_providers()[0]
+        if device == "gpu" and used != "CUDAExecutionProvider":
+            log.warning("GPU requested but onnxruntime has no CUDA provider here; running on CPU")
+        log.info("model %s: execution provider %s, %d intra-op threads", name, used, threads)
+        self.provider = used
+        self.inputs = [_spec(i) for i in self.session.get_inputs()]
+        self.outputs = [_spec(o) for o in self.session.get_outputs()]
+        if any(s.datatype == "BYTES" for s in self.inputs):
+            raise ModelLoadError("models with string (BYTES) inputs are not supported by this runtime")
+        self.input_by_name = {s.name: s for s in self.inputs}
+        self.output_names = [s.name for s in self.outputs]
+        # Batching merges requests along the first dimension, so every input and output must leave it open.
+        self.batchable = all(s.shape and s.shape[0] == -1 for s in self.inputs + self.outputs)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self.output_names, feeds)
+
+    def warmup(self) -> None:
+        """One inference on zeros (dynamic dimensions as 1), so the first request pays no lazy setup."""
+        feeds = {
+            s.name: np.zeros([d if d >= 0 else 1 for d in s.shape], dtype=DATATYPES[s.datatype])
+            for s in self.inputs
+        }
+        self.run(feeds)
+
+    def check(self, inputs: dict[str, np.ndarray], datatypes: dict[str, str]) -> None:
+        """The request's tensors against the model's: names, datatypes, rank and fixed dimensions."""
+        unknown = sorted(set(inputs) - set(self.input_by_name))
+        if unknown:
+            raise InvalidInput(
+                f"unknown input {', '.join(repr(u) for u in unknown)}; model '{self.name}' takes "
+                f"{', '.join(repr(s.name) for s in self.inputs)}"
+            )
+        missing = [s.name for s in self.inputs if s.name not in inputs]
+        if missing:
+            raise InvalidInput(f"missing input {', '.join(repr(m) for m in missing)}")
+        for name, array in inputs.items():
+            spec = self.input_by_name[name]
+            if datatypes[name] != spec.datatype:
+                raise InvalidInput(
+                    f"input '{name}': datatype {datatypes[name]}, but the model takes {spec.datatype}"
+                )
+            if array.ndim != len(spec.shape):
+                raise InvalidInput(
+                    f"input '{name}': shape {list(array.shape)} has rank {array.ndim}, the model takes rank "
+                    f"{len(spec.shape)} {list(spec.shape)}"
+                )
+            for got, want in zip(array.shape, spec.shape, strict=True):
+                if want >= 0 and got != want:
+                    got_shape, model_shape = list(array.shape), list(spec.shape)
+                    raise InvalidInput(
+                        f"input '{name}': shape {got_shape} does not fit the model's {model_shape}"
+                    )
+
+    def metadata(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "versions": ["1"],
+            "platform": "onnxruntime_onnx",
+            "inputs": [s.metadata() for s in self.inputs],
+            "outputs": [s.metadata() for s in self.outputs],
+        }

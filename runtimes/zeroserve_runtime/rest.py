@@ -1,0 +1,133 @@
+"""REST transport: Open Inference Protocol v2 over HTTP, as a small ASGI app served by uvicorn.
+It only parses and writes HTTP; answers come from the data plane."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from zeroserve_runtime.dataplane import DataPlane
+from zeroserve_runtime.errors import InvalidInput, PayloadTooLarge, ServingError
+from zeroserve_runtime.metrics import RuntimeMetrics
+from zeroserve_runtime.protocol import rest_codec
+
+log = logging.getLogger("zeroserve.runtime")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+MODEL_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?$")
+JSON = b"application/json"
+
+
+class RestApp:
+    def __init__(self, dataplane: DataPlane, metrics: RuntimeMetrics, max_request_bytes: int) -> None:
+        self.dataplane = dataplane
+        self.metrics = metrics
+        self.max_request_bytes = max_request_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            status, body, headers = await self._route(scope, receive)
+        except ServingError as e:
+            status, body, headers = e.status_code, orjson.dumps({"error": e.message}), dict(e.headers)
+            headers["content-type"] = "application/json"
+        except Exception:
+            log.exception("unexpected error serving %s %s", scope["method"], scope["path"])
+            status, body, headers = (
+                500,
+                b'{"error":"internal server error"}',
+                {"content-type": "application/json"},
+            )
+        raw_headers = [(k.encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, dict[str, str]]:
+        path, method = scope["path"], scope["method"]
+        dp = self.dataplane
+        if method == "GET":
+            if path == "/v2/health/live":
+                return self._status(dp.live(), "live")
+            if path == "/v2/health/ready":
+                return self._status(dp.ready(), "ready")
+            if path == "/v2":
+                return self._json(dp.server_metadata())
+            if path == "/metrics":
+                return 200, generate_latest(self.metrics.registry), {"content-type": CONTENT_TYPE_LATEST}
+        match = MODEL_PATH.match(path)
+        if match:
+            name, version, action = match.groups()
+            if method == "GET" and action is None:
+                return self._json(dp.model_metadata(name, version))
+            if method == "GET" and action == "/ready":
+                return self._status(dp.model_ready(name, version), "ready")
+            if method == "POST" and action == "/infer":
+                return await self._infer(scope, receive, name, version)
+        return (
+            404,
+            orjson.dumps({"error": f"no route for {method} {path}"}),
+            {"content-type": "application/json"},
+        )
+
+    async def _infer(
+        self, scope: Scope, receive: Receive, name: str, version: str | None
+    ) -> tuple[int, bytes, dict[str, str]]:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        # Unknown models are refused before their bodies are read.
+        self.dataplane.model_metadata(name, version)
+        body = await self._read_body(receive, headers.get("content-length"))
+        request = rest_codec.decode_request(body, headers.get(rest_codec.HEADER_LENGTH))
+        response = await self.dataplane.infer(name, version, request, "rest")
+        payload, header_length = rest_codec.encode_response(response)
+        if header_length is None:
+            return 200, payload, {"content-type": "application/json"}
+        return (
+            200,
+            payload,
+            {
+                "content-type": "application/octet-stream",
+                "inference-header-content-length": str(header_length),
+            },
+        )
+
+    async def _read_body(self, receive: Receive, content_length: str | None) -> bytes:
+        limit = self.max_request_bytes
+        if content_length is not None:
+            try:
+                declared = int(content_length)
+            except ValueError:
+                raise InvalidInput("Content-Length must be an integer") from None
+            if declared > limit:
+                raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidInput("the client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    @staticmethod
+    def _json(value: object) -> tuple[int, bytes, dict[str, str]]:
+        return 200, orjson.dumps(value), {"content-type": "application/json"}
+
+    @staticmethod
+    def _status(ok: bool, key: str) -> tuple[int, bytes, dict[str, str]]:
+        # Clients read the status code (Triton answers with no body); the body helps humans with curl.
+        return (200 if ok else 503), orjson.dumps({key: ok}), {"content-type": "application/json"}

@@ -1,0 +1,156 @@
+"""The runtime's lifecycle: listen, fetch, load, warm up, turn ready, serve, drain on SIGTERM.
+
+Cold start is accounted from the moment the kernel started this process, so the figure includes the
+interpreter and imports, which are most of it for a small model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import uvicorn
+
+from zeroserve_runtime.batching import Admission, Batcher
+from zeroserve_runtime.dataplane import DataPlane
+from zeroserve_runtime.errors import ModelLoadError
+from zeroserve_runtime.metrics import RuntimeMetrics
+from zeroserve_runtime.model import OnnxModel
+from zeroserve_runtime.rest import RestApp
+from zeroserve_runtime.settings import RuntimeSettings
+from zeroserve_runtime.storage import fetch
+
+log = logging.getLogger("zeroserve.runtime")
+
+
+def process_start_time() -> float:
+    """Wall-clock time at which this process started, from /proc (Linux)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return boot + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
+class _Uvicorn(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The runtime owns SIGTERM: it drains gRPC and REST together, then exits 0.
+        yield
+
+
+class Runtime:
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self.settings = settings
+        self.metrics = RuntimeMetrics()
+        self.admission = Admission(
+            settings.max_concurrency, self.metrics.inflight.labels(settings.model_name).set
+        )
+        self.dataplane = DataPlane(settings.model_name, self.metrics, self.admission)
+        self.stopping = asyncio.Event()
+        self.http: _Uvicorn | None = None
+        self.grpc = None
+        self.batcher: Batcher | None = None
+
+    async def run(self, started_at: float, imported_at: float) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+
+        # Listen first: liveness answers while the model loads; readiness waits for it.
+        config = uvicorn.Config(
+            RestApp(self.dataplane, self.metrics, s.max_request_bytes),
+            host=s.host,
+            port=s.http_port,
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=int(s.shutdown_grace_seconds) or None,
+        )
+        self.http = _Uvicorn(config)
+        http_task = loop.create_task(self.http.serve(), name="http")
+        while not self.http.started:
+            if http_task.done():
+                http_task.result()
+                raise OSError(f"the REST server did not start on {s.host}:{s.http_port}")
+            await asyncio.sleep(0.005)
+
+        name = s.model_name
+        t = time.time()
+        path = await loop.run_in_executor(None, fetch, s.model_uri, s.cache_dir, s.model_sha256)
+        fetched_at = time.time()
+        model = await loop.run_in_executor(None, OnnxModel, name, path, s.intra_op_threads(), s.device)
+        loaded_at = time.time()
+        await loop.run_in_executor(None, model.warmup)
+        warm_at = time.time()
+        self.metrics.fetch_seconds.labels(name).set(fetched_at - t)
+        self.metrics.load_seconds.labels(name).set(loaded_at - fetched_at)
+
+        self.batcher = Batcher(model, s.max_batch_size, s.max_queue_delay_ms / 1000, self.metrics)
+        self.batcher.start()
+        if s.grpc_port:
+            from zeroserve_runtime.grpc_server import build_server
+
+            self.grpc = build_server(self.dataplane, f"{s.host}:{s.grpc_port}", s.max_request_bytes)
+            await self.grpc.start()
+        self.dataplane.attach(model, self.batcher)
+        ready_at = time.time()
+        phases = {
+            "import": imported_at - started_at,
+            "fetch": fetched_at - t,
+            "load": loaded_at - fetched_at,
+            "warmup": warm_at - loaded_at,
+            "total": ready_at - started_at,
+        }
+        for phase, seconds in phases.items():
+            self.metrics.cold_start_seconds.labels(phase).set(seconds)
+        log.info(
+            "model %s ready in %.3fs (%s); REST :%d%s; batching %s",
+            name,
+            phases["total"],
+            ", ".join(f"{k} {v:.3f}s" for k, v in phases.items() if k != "total"),
+            s.http_port,
+            f", gRPC :{s.grpc_port}" if s.grpc_port else "",
+            f"up to {self.batcher.max_batch_size}" if self.batcher.max_batch_size > 1 else "off",
+        )
+
+        await self.stopping.wait()
+        await self.drain()
+        await http_task
+
+    async def drain(self) -> None:
+        """Stop accepting, finish what was accepted, then stop."""
+        log.info("shutting down: finishing %d request(s) in flight", self.admission.count)
+        self.dataplane.draining = True
+        grace = self.settings.shutdown_grace_seconds
+        waits = []
+        if self.grpc is not None:
+            waits.append(self.grpc.stop(grace))
+        if self.http is not None:
+            self.http.should_exit = True
+        waits.append(self.admission.wait_idle(grace))
+        await asyncio.gather(*waits)
+        if self.batcher is not None:
+            await self.batcher.stop()
+
+
+def serve(settings: RuntimeSettings, started_at: float, imported_at: float) -> int:
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(Runtime(settings).run(started_at, imported_at))
+    except ModelLoadError as e:
+        log.error("cannot serve: %s", e)
+        return 1
+    return 0

@@ -1,0 +1,422 @@
+"""The ONNX Runtime server over real HTTP and gRPC, with the unmodified tritonclient as the client, and
+outputs compared with raw onnxruntime."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import re
+import struct
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from email.message import Message
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from runtimeproc import RuntimeProcess, int_model, linear_model, shared_model
+from tritonclient.utils import InferenceServerException
+
+
+def raw(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("models")
+    return {"linear": linear_model(d / "linear.onnx"), "ints": int_model(d / "ints.onnx")}
+
+
+@pytest.fixture(scope="module")
+def linear(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
+    with RuntimeProcess(models["linear"], tmp_path_factory.mktemp("linear") / "log", name="linear") as proc:
+        yield proc
+        print(proc.tail())
+
+
+@pytest.fixture(scope="module")
+def ints(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
+    with RuntimeProcess(models["ints"], tmp_path_factory.mktemp("ints") / "log", name="ints") as proc:
+        yield proc
+
+
+X = np.array([[1, 2, 3, 4], [-1, 0.5, 0, 2], [0, 0, 0, 0]], dtype=np.float32)
+
+
+def http_infer(
+    proc: RuntimeProcess, feeds: dict[str, np.ndarray], binary: bool, outputs: list[str] | None = None
+):
+    client = httpclient.InferenceServerClient(proc.http_address)
+    inputs = []
+    for name, value in feeds.items():
+        tensor = httpclient.InferInput(name, list(value.shape), _datatype(value))
+        tensor.set_data_from_numpy(value, binary_data=binary)
+        inputs.append(tensor)
+    requested = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in outputs] if outputs else None
+    return client.infer(proc.name, inputs, outputs=requested)
+
+
+def grpc_infer(proc: RuntimeProcess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None):
+    client = grpcclient.InferenceServerClient(proc.grpc_address)
+    inputs = []
+    for name, value in feeds.items():
+        tensor = grpcclient.InferInput(name, list(value.shape), _datatype(value))
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    requested = [grpcclient.InferRequestedOutput(n) for n in outputs] if outputs else None
+    return client.infer(proc.name, inputs, outputs=requested)
+
+
+def _datatype(value: np.ndarray) -> str:
+    from tritonclient.utils import np_to_triton_dtype
+
+    return np_to_triton_dtype(value.dtype)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_tritonclient_http_matches_raw_onnxruntime(linear: RuntimeProcess, models, binary: bool) -> None:
+    expected = raw(models["linear"], {"x": X})
+    result = http_infer(linear, {"x": X}, binary)
+    for name in ("y", "z"):
+        np.testing.assert_array_equal(result.as_numpy(name), expected[name])
+    assert result.get_response()["model_name"] == "linear"
+
+
+def test_tritonclient_grpc_matches_raw_onnxruntime(linear: RuntimeProcess, models) -> None:
+    expected = raw(models["linear"], {"x": X})
+    result = grpc_infer(linear, {"x": X}, outputs=["z"])
+    np.testing.assert_array_equal(result.as_numpy("z"), expected["z"])
+    assert result.as_numpy("y") is None  # only what was asked for
+
+
+def test_int64_inputs_and_mixed_output_types(ints: RuntimeProcess, models) -> None:
+    feeds = {
+        "ids": np.array([[101, 2023, 102], [101, 7, 102]], dtype=np.int64),
+        "mask": np.ones((2, 3), np.int64),
+    }
+    expected = raw(models["ints"], feeds)
+    for result in (http_infer(ints, feeds, False), http_infer(ints, feeds, True), grpc_infer(ints, feeds)):
+        np.testing.assert_array_equal(result.as_numpy("sum"), expected["sum"])
+        np.testing.assert_array_equal(result.as_numpy("mean"), expected["mean"])
+
+
+def test_metadata_and_health_through_both_clients(linear: RuntimeProcess) -> None:
+    http = httpclient.InferenceServerClient(linear.http_address)
+    assert http.is_server_live() and http.is_server_ready() and http.is_model_ready("linear")
+    meta = http.get_model_metadata("linear")
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+    assert [o["name"] for o in meta["outputs"]] == ["y", "z"]
+    assert http.get_server_metadata()["name"] == "zeroserve"
+    grpc = grpcclient.InferenceServerClient(linear.grpc_address)
+    assert grpc.is_server_live() and grpc.is_server_ready() and grpc.is_model_ready("linear")
+    gmeta = grpc.get_model_metadata("linear", as_json=True)
+    assert gmeta["inputs"][0] == {"name": "x", "datatype": "FP32", "shape": ["-1", "4"]}
+    with pytest.raises(InferenceServerException, match="not served here"):
+        grpc.get_model_metadata("nope")
+
+
+def post(
+    proc: RuntimeProcess, body: bytes, path: str = "/v2/models/linear/infer", headers: dict | None = None
+):
+    request = urllib.request.Request(proc.url + path, data=body, headers=headers or {}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+def infer_body(**overrides: object) -> bytes:
+    item = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
+    item.update(overrides)
+    return json.dumps({"inputs": [item]}).encode()
+
+
+def binary_body(declared_size: int, actual: bytes) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [1, 4],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": declared_size},
+                }
+            ]
+        }
+    ).encode()
+    return header + actual, {"Inference-Header-Content-Length": str(len(header))}
+
+
+FOUR_FLOATS = struct.pack("<4f", 1, 2, 3, 4)
+BAD_REQUESTS = [
+    ("malformed JSON", b'{"inputs": [', {}, 400, "not valid JSON"),
+    ("body is not an object", b"[1, 2]", {}, 400, "must be a JSON object"),
+    ("no inputs", b'{"inputs": []}', {}, 400, "non-empty 'inputs'"),
+    (
+        "missing input",
+        json.dumps({"inputs": [{"name": "w", "shape": [1], "datatype": "FP32", "data": [1]}]}).encode(),
+        {},
+        400,
+        "unknown input 'w'",
+    ),
+    ("shape vs data length", infer_body(data=[1, 2, 3]), {}, 400, "needs 4 values, got 3"),
+    ("negative dim", infer_body(shape=[-1, 4]), {}, 400, "negative dimension"),
+    ("absurd dims", infer_body(shape=[10**12, 4]), {}, 400, "needs 4000000000000 values"),
+    ("wrong rank", infer_body(shape=[4], data=[1, 2, 3, 4]), {}, 400, "rank 1"),
+    ("wrong fixed dim", infer_body(shape=[2, 2]), {}, 400, "does not fit"),
+    ("unknown datatype", infer_body(datatype="FP128"), {}, 400, "unknown datatype 'FP128'"),
+    ("wrong datatype", infer_body(datatype="INT32"), {}, 400, "the model takes FP32"),
+    ("non-numeric data", infer_body(data=["a", "b", "c", "d"]), {}, 400, "must be numeric"),
+    ("ragged data", infer_body(data=[[1, 2], [3]]), {}, 400, "ragged"),
+    ("truncated binary", *binary_body(16, FOUR_FLOATS[:10]), 400, "truncated"),
+    ("binary size vs shape", *binary_body(12, FOUR_FLOATS[:12]), 400, "needs 16 bytes"),
+    (
+        "header length beyond body",
+        infer_body(),
+        {"Inference-Header-Content-Length": "100000"},
+        400,
+        "beyond the body",
+    ),
+    (
+        "header length not a number",
+        infer_body(),
+        {"Inference-Header-Content-Length": "ten"},
+        400,
+        "must be an integer",
+    ),
+    (
+        "unknown output",
+        json.dumps({"inputs": json.loads(infer_body())["inputs"], "outputs": [{"name": "logits"}]}).encode(),
+        {},
+        400,
+        "unknown output 'logits'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "message"), [b[1:] for b in BAD_REQUESTS], ids=[b[0] for b in BAD_REQUESTS]
+)
+def test_bad_requests_get_a_4xx_naming_the_problem(
+    linear: RuntimeProcess, body: bytes, headers: dict, status: int, message: str
+) -> None:
+    got, payload, _ = post(linear, body, headers=headers)
+    assert got == status, payload
+    assert message in json.loads(payload)["error"]
+    assert post(linear, infer_body())[0] == 200  # still healthy
+
+
+def test_unknown_model_is_404_and_oversized_body_is_413(models, tmp_path: Path) -> None:
+    with RuntimeProcess(models["linear"], tmp_path / "log", name="linear", max_request_bytes=4096) as proc:
+        status, payload, _ = post(proc, infer_body(), path="/v2/models/resnet/infer")
+        assert status == 404 and "not served here" in json.loads(payload)["error"]
+        status, payload, _ = post(proc, infer_body(data=[1.0] * 4, shape=[1, 4]) + b" " * 5000)
+        assert status == 413 and "limit of 4096 bytes" in json.loads(payload)["error"]
+        assert post(proc, infer_body())[0] == 200
+
+
+def test_cold_start_is_accounted_by_phase(linear: RuntimeProcess) -> None:
+    text = linear.metrics()
+    phases = {
+        m[1]: float(m[2])
+        for m in re.finditer(r'^zeroserve_cold_start_seconds\{phase="(\w+)"\} (\S+)$', text, re.M)
+    }
+    assert set(phases) == {"import", "fetch", "load", "warmup", "total"}
+    assert all(v >= 0 for v in phases.values())
+    assert phases["import"] + phases["fetch"] + phases["load"] + phases["warmup"] <= phases["total"] + 1e-3
+    assert re.search(r'^zeroserve_model_load_seconds\{model="linear"\} ', text, re.M)
+
+
+def test_requests_are_counted_by_outcome(linear: RuntimeProcess) -> None:
+    post(linear, infer_body())
+    post(linear, infer_body(data=[1]))
+    text = linear.metrics()
+    assert re.search(
+        r'^zeroserve_requests_total\{model="linear",outcome="success",protocol="rest"\} [1-9]', text, re.M
+    )
+    assert re.search(
+        r'^zeroserve_requests_total\{model="linear",outcome="invalid",protocol="rest"\} [1-9]', text, re.M
+    )
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_rows(models, tmp_path: Path) -> None:
+    settings = {"max_batch_size": 16, "max_queue_delay_ms": 50}
+    with RuntimeProcess(models["linear"], tmp_path / "log", name="linear", **settings) as proc:
+        rows = [np.full((1, 4), i, dtype=np.float32) for i in range(24)]
+        expected = raw(models["linear"], {"x": np.concatenate(rows)})["y"]
+        with concurrent.futures.ThreadPoolExecutor(24) as pool:
+            results = list(pool.map(lambda r: http_infer(proc, {"x": r}, True).as_numpy("y"), rows))
+        for i, got in enumerate(results):
+            np.testing.assert_allclose(got, expected[i : i + 1], rtol=1e-6)
+        text = proc.metrics()
+        count = float(re.search(r'^zeroserve_batch_size_count\{model="linear"\} (\S+)', text, re.M)[1])
+        total = float(re.search(r'^zeroserve_batch_size_sum\{model="linear"\} (\S+)', text, re.M)[1])
+        assert total == 24  # every request in exactly one batch
+        assert count < total, f"no request was merged: {count} batches for {total} requests"
+
+
+def test_sha256_mismatch_refuses_to_start(models, tmp_path: Path) -> None:
+    proc = RuntimeProcess(models["linear"], tmp_path / "log", model_sha256="0" * 64).start(wait_ready=False)
+    assert proc.process is not None and proc.process.wait(timeout=60) == 1
+    assert "SHA-256" in proc.log() and "refusing to serve it" in proc.log()
+
+
+def test_model_fetched_over_http_with_its_sha256(models, tmp_path: Path) -> None:
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    directory = models["linear"].parent
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        digest = hashlib.sha256(models["linear"].read_bytes()).hexdigest()
+        uri = f"http://127.0.0.1:{httpd.server_address[1]}/linear.onnx"
+        with RuntimeProcess(uri, tmp_path / "log", name="linear", model_sha256=digest) as proc:
+            np.testing.assert_array_equal(
+                http_infer(proc, {"x": X}, True).as_numpy("y"), raw(models["linear"], {"x": X})["y"]
+            )
+        assert list((tmp_path / "cache").rglob("linear.onnx"))
+    finally:
+        httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def efficientnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
+    model = shared_model("efficientnet-lite0.onnx")
+    with RuntimeProcess(model, tmp_path_factory.mktemp("effnet") / "log", name="efficientnet") as proc:
+        yield proc
+
+
+def test_efficientnet_over_every_protocol_equals_raw(efficientnet: RuntimeProcess) -> None:
+    image = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    expected = raw(shared_model("efficientnet-lite0.onnx"), {"input": image})["logits"]
+    for got in (
+        http_infer(efficientnet, {"input": image}, False).as_numpy("logits"),
+        http_infer(efficientnet, {"input": image}, True).as_numpy("logits"),
+        grpc_infer(efficientnet, {"input": image}).as_numpy("logits"),
+    ):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+        assert got.argmax() == expected.argmax()
+
+
+def test_minilm_with_three_int64_inputs_equals_raw(tmp_path: Path) -> None:
+    model = shared_model("minilm-l6.onnx")
+    rng = np.random.default_rng(1)
+    feeds = {
+        "input_ids": rng.integers(100, 30000, size=(2, 16), dtype=np.int64),
+        "attention_mask": np.ones((2, 16), dtype=np.int64),
+        "token_type_ids": np.zeros((2, 16), dtype=np.int64),
+    }
+    expected = raw(model, feeds)["last_hidden_state"]
+    with RuntimeProcess(model, tmp_path / "log", name="minilm") as proc:
+        for got in (
+            http_infer(proc, feeds, True).as_numpy("last_hidden_state"),
+            grpc_infer(proc, feeds).as_numpy("last_hidden_state"),
+        ):
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def _post_status(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, Message]:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            r.read()
+            return r.status, r.headers
+    except urllib.error.HTTPError as e:
+        e.read()
+        return e.code, e.headers
+
+
+def _binary_request(feeds: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
+    inputs = []
+    for name, value in feeds.items():
+        tensor = httpclient.InferInput(name, list(value.shape), _datatype(value))
+        tensor.set_data_from_numpy(value, binary_data=True)
+        inputs.append(tensor)
+    body, header_length = httpclient.InferenceServerClient.generate_request_body(inputs)
+    return body, {"Inference-Header-Content-Length": str(header_length)}
+
+
+def test_overload_gets_503_with_retry_after_and_memory_stays_flat(tmp_path: Path) -> None:
+    model = shared_model("efficientnet-lite0.onnx")
+    image = np.random.default_rng(2).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    body, headers = _binary_request({"input": image})
+    with RuntimeProcess(model, tmp_path / "log", name="efficientnet", max_concurrency=2) as proc:
+        url = f"{proc.url}/v2/models/efficientnet/infer"
+
+        def storm(n: int) -> list[tuple[int, Message]]:
+            with concurrent.futures.ThreadPoolExecutor(24) as pool:
+                return list(pool.map(lambda _: _post_status(url, body, headers), range(n)))
+
+        storm(200)
+        before = proc.rss_mb()
+        answers = storm(1200)
+        after = proc.rss_mb()
+        statuses = [s for s, _ in answers]
+        assert set(statuses) <= {200, 503}, set(statuses)
+        assert statuses.count(503) > 0 and statuses.count(200) > 0
+        assert all(h.get("Retry-After") == "1" for s, h in answers if s == 503)
+        assert after - before < 25, f"RSS grew from {before:.0f} to {after:.0f} MB under overload"
+        assert _post_status(url, body, headers)[0] == 200
+
+
+def test_sigterm_under_load_loses_no_accepted_request(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    model = shared_model("minilm-l6.onnx")
+    feeds = {
+        "input_ids": np.full((4, 128), 1000, dtype=np.int64),
+        "attention_mask": np.ones((4, 128), dtype=np.int64),
+        "token_type_ids": np.zeros((4, 128), dtype=np.int64),
+    }
+    body, headers = _binary_request(feeds)
+    proc = RuntimeProcess(model, tmp_path / "log", name="minilm").start()
+    url = f"{proc.url}/v2/models/minilm/infer"
+    results: list[tuple[float, float, object]] = []  # (sent, answered, status or exception)
+    lock = threading.Lock()
+    stop_at: list[float] = []
+
+    def client() -> None:
+        while True:
+            sent = time.monotonic()
+            try:
+                outcome: object = _post_status(url, body, {**headers, "Connection": "close"})[0]
+            except OSError as e:
+                outcome = e
+            with lock:
+                results.append((sent, time.monotonic(), outcome))
+            if isinstance(outcome, Exception):
+                return
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    stop_at.append(time.monotonic())
+    proc.terminate()
+    for t in threads:
+        t.join(timeout=60)
+    code = proc.process.wait(timeout=60)  # type: ignore[union-attr]
+
+    sigterm = stop_at[0]
+    answered = [r for r in results if not isinstance(r[2], Exception)]
+    failed = [r for r in results if isinstance(r[2], Exception)]
+    assert code == 0, proc.tail()
+    assert answered and all(status == 200 for _, _, status in answered), answered
+    # Requests in flight when SIGTERM came were finished, not dropped.
+    assert any(sent < sigterm < done for sent, done, _ in answered), "no request was in flight at SIGTERM"
+    # What failed was refused at the door after SIGTERM, never cut off mid-request.
+    assert all(sent >= sigterm - 0.05 for sent, _, _ in failed), failed
+    assert "shutting down" in proc.log()
