@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test lint pytest setup control-plane cluster-up bench-controlplane bench-operator crd clean
+.PHONY: quickstart test lint pytest setup control-plane cluster-up bench-controlplane bench-operator bench-runtime crd clean
 
 ## quickstart: install Zeroserve and run its main job on the embedded default
 quickstart: $(STAMP)
@@ -47,6 +47,10 @@ bench-controlplane: $(STAMP) control-plane
 ## bench-operator: converge 1,000 ModelServices; time and operator peak RSS
 bench-operator: $(STAMP) control-plane
 	$(BIN)/python bench/operator_scale.py --count 1000
+
+## bench-runtime: the runtime server vs raw onnxruntime (needs wrk: apt-get install wrk)
+bench-runtime: $(STAMP)
+	$(BIN)/python bench/runtime_throughput.py
 
 ## crd: regenerate crds/ from the pydantic models
 crd: $(STAMP)

@@ -116,8 +116,11 @@ def test_runtime_container_carries_model_and_settings() -> None:
 
 
 def test_grpc_protocol_routes_the_h2c_port_and_probes_readiness_over_http() -> None:
-    c = container(build({**CPU, "runtime": {"protocol": "grpc"}}))
+    ksvc = build({**CPU, "runtime": {"protocol": "grpc"}})
+    c = container(ksvc)
     assert c["ports"] == [{"name": "h2c", "containerPort": 9000}]
+    assert env(ksvc)["ZEROSERVE_GRPC_PORT"] == "9000"
+    assert env(build(CPU))["ZEROSERVE_GRPC_PORT"] == "0"  # REST-routed: no unreachable gRPC server
     assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
 
 

@@ -230,8 +230,9 @@ def test_cold_start_is_accounted_by_phase(linear: RuntimeProcess) -> None:
         for m in re.finditer(r'^zeroserve_cold_start_seconds\{phase="(\w+)"\} (\S+)$', text, re.M)
     }
     assert set(phases) == {"import", "fetch", "load", "warmup", "total"}
-    assert all(v >= 0 for v in phases.values())
-    assert phases["import"] + phases["fetch"] + phases["load"] + phases["warmup"] <= phases["total"] + 1e-3
+    assert all(0 <= v <= phases["total"] for v in phases.values())
+    # Model loading overlaps the import, but each is a part of the way to ready.
+    assert phases["fetch"] + phases["load"] + phases["warmup"] < phases["total"]
     assert re.search(r'^zeroserve_model_load_seconds\{model="linear"\} ', text, re.M)
 
 

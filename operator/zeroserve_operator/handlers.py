@@ -61,16 +61,28 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
         await memo.api.close()
 
 
+FEATURES_TTL_SECONDS = 5.0
+_features_cache: tuple[float, dict[str, str] | None] | None = None
+
+
 async def _config_features(api_client: client.ApiClient) -> dict[str, str] | None:
+    """Knative's config-features, read at most every few seconds: a burst of ModelServices needs one
+    read, not one each. None when it is absent or not readable."""
+    global _features_cache
+    now = time.monotonic()
+    if _features_cache is not None and now - _features_cache[0] < FEATURES_TTL_SECONDS:
+        return _features_cache[1]
     try:
         cm = await client.CoreV1Api(api_client).read_namespaced_config_map(
             "config-features", operator_settings.knative_namespace
         )
+        data: dict[str, str] | None = dict(cm.data or {})
     except ApiException as e:
-        if e.status in (403, 404):
-            return None
-        raise
-    return dict(cm.data or {})
+        if e.status not in (403, 404):
+            raise
+        data = None
+    _features_cache = (now, data)
+    return data
 
 
 async def _read_ksvc(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any] | None:

@@ -65,7 +65,8 @@ class RuntimeMetrics:
         )
         self.cold_start_seconds = Gauge(
             "zeroserve_cold_start_seconds",
-            "Process start to ready, by phase: import, fetch, load, warmup, and total.",
+            "Process start to ready (total), and its phases: import of the server, and fetch, load and "
+            "warmup of the model, which run alongside the import.",
             ["phase"],
             registry=r,
         )

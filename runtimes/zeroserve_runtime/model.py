@@ -46,9 +46,6 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        # Idle intra-op threads would otherwise spin for a while after each run, taking the cores the
-        # event loop needs to parse the next request; a server interleaves, a benchmark loop does not.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = execution_providers(device)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -17,27 +16,14 @@ from collections.abc import Iterator
 import uvicorn
 
 from zeroserve_runtime.batching import Admission, Batcher
+from zeroserve_runtime.coldstart import ModelLoader
 from zeroserve_runtime.dataplane import DataPlane
 from zeroserve_runtime.errors import ModelLoadError
 from zeroserve_runtime.metrics import RuntimeMetrics
-from zeroserve_runtime.model import OnnxModel
 from zeroserve_runtime.rest import RestApp
 from zeroserve_runtime.settings import RuntimeSettings
-from zeroserve_runtime.storage import fetch
 
 log = logging.getLogger("zeroserve.runtime")
-
-
-def process_start_time() -> float:
-    """Wall-clock time at which this process started, from /proc (Linux)."""
-    try:
-        with open("/proc/self/stat") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/stat") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
-        return boot + start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return time.time()
 
 
 class _Uvicorn(uvicorn.Server):
@@ -60,7 +46,7 @@ class Runtime:
         self.grpc = None
         self.batcher: Batcher | None = None
 
-    async def run(self, started_at: float, imported_at: float) -> None:
+    async def run(self, loader: ModelLoader, imported_at: float) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -72,6 +58,7 @@ class Runtime:
             host=s.host,
             port=s.http_port,
             http="httptools",
+            ws="none",  # no websockets: skips importing wsproto, ~40ms of every cold start
             lifespan="off",
             access_log=False,
             log_level="warning",
@@ -86,15 +73,9 @@ class Runtime:
             await asyncio.sleep(0.005)
 
         name = s.model_name
-        t = time.time()
-        path = await loop.run_in_executor(None, fetch, s.model_uri, s.cache_dir, s.model_sha256)
-        fetched_at = time.time()
-        model = await loop.run_in_executor(None, OnnxModel, name, path, s.intra_op_threads(), s.device)
-        loaded_at = time.time()
-        await loop.run_in_executor(None, model.warmup)
-        warm_at = time.time()
-        self.metrics.fetch_seconds.labels(name).set(fetched_at - t)
-        self.metrics.load_seconds.labels(name).set(loaded_at - fetched_at)
+        model = await loop.run_in_executor(None, loader.wait)
+        self.metrics.fetch_seconds.labels(name).set(loader.marks["fetch"])
+        self.metrics.load_seconds.labels(name).set(loader.marks["load"])
 
         self.batcher = Batcher(model, s.max_batch_size, s.max_queue_delay_ms / 1000, self.metrics)
         self.batcher.start()
@@ -104,14 +85,7 @@ class Runtime:
             self.grpc = build_server(self.dataplane, f"{s.host}:{s.grpc_port}", s.max_request_bytes)
             await self.grpc.start()
         self.dataplane.attach(model, self.batcher)
-        ready_at = time.time()
-        phases = {
-            "import": imported_at - started_at,
-            "fetch": fetched_at - t,
-            "load": loaded_at - fetched_at,
-            "warmup": warm_at - loaded_at,
-            "total": ready_at - started_at,
-        }
+        phases = loader.phases(imported_at, time.time())
         for phase, seconds in phases.items():
             self.metrics.cold_start_seconds.labels(phase).set(seconds)
         log.info(
@@ -144,12 +118,12 @@ class Runtime:
             await self.batcher.stop()
 
 
-def serve(settings: RuntimeSettings, started_at: float, imported_at: float) -> int:
+def serve(settings: RuntimeSettings, loader: ModelLoader, imported_at: float) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        asyncio.run(Runtime(settings).run(started_at, imported_at))
+        asyncio.run(Runtime(settings).run(loader, imported_at))
     except ModelLoadError as e:
         log.error("cannot serve: %s", e)
         return 1

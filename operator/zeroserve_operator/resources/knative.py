@@ -95,7 +95,8 @@ def runtime_env(name: str, spec: ModelServiceSpec) -> list[dict[str, Any]]:
         "ZEROSERVE_MODEL_SHA256": spec.model.sha256,
         "ZEROSERVE_CACHE_DIR": MODEL_CACHE,
         "ZEROSERVE_HTTP_PORT": HTTP_PORT,
-        "ZEROSERVE_GRPC_PORT": GRPC_PORT,
+        # Knative routes one port; a gRPC server nobody can reach would only slow every cold start.
+        "ZEROSERVE_GRPC_PORT": GRPC_PORT if spec.runtime.protocol == "grpc" else 0,
         "ZEROSERVE_DEVICE": "gpu" if is_gpu(spec) else "cpu",
         "ZEROSERVE_THREADS": spec.runtime.threads,
         # The runtime's admission limit matches Knative's hard limit, so the queue-proxy and the server
