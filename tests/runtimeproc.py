@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
-import urllib.request
-from collections import deque
 from pathlib import Path
 
 import numpy as np
 import onnx
 from controlplane import free_port
 from onnx import TensorProto, helper
+from serviceproc import ServiceProcess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # CI lays shared/ beside the clone; ZEROSERVE_SHARED_MODELS points elsewhere when it is not.
@@ -84,13 +80,14 @@ def int_model(path: Path) -> Path:
     return _save(graph, path)
 
 
-class RuntimeProcess:
+class RuntimeProcess(ServiceProcess):
+    what = "runtime"
+
     def __init__(self, model: Path | str, log_path: Path, name: str = "model", **settings: object) -> None:
         self.http_port = free_port()
         self.grpc_port = free_port()
         self.name = name
-        self.log_path = log_path
-        self.argv = [
+        argv = [
             str(Path(sys.executable).parent / "zeroserve"),
             "serve",
             f"--model-uri={model}",
@@ -101,11 +98,15 @@ class RuntimeProcess:
             f"--cache-dir={log_path.parent / 'cache'}",
             *(f"--{k.replace('_', '-')}={v}" for k, v in settings.items()),
         ]
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(argv, log_path)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def ready_url(self) -> str:
+        return f"{self.url}/v2/health/ready"
 
     @property
     def http_address(self) -> str:
@@ -115,69 +116,5 @@ class RuntimeProcess:
     def grpc_address(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def start(self, timeout: float = 60, wait_ready: bool = True) -> RuntimeProcess:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        if wait_ready:
-            self.wait_ready(timeout)
-        return self
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"runtime exited with {self.process.returncode}:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError(f"runtime not ready within {timeout}s:\n{self.tail()}")
-
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as r:
-            return r.read().decode()
-
-    def rss_mb(self) -> float:
-        assert self.process is not None
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS")
-
-    def terminate(self) -> None:
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGTERM)
-
-    def stop(self) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        return self.process.returncode
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def tail(self, lines: int = 40) -> str:
-        return "".join(deque(self.log().splitlines(keepends=True), maxlen=lines))
-
-    def __enter__(self) -> RuntimeProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self.get(f"{self.url}/metrics")

@@ -322,10 +322,14 @@ async def test_disabled_knative_features_are_named_in_a_condition(
         )
         ksvc = await eventually(lambda: cluster.ksvc("minilm-gpu"), within=30, what="the GPU Knative Service")
         assert ksvc["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-        ms = await eventually(lambda: converged(cluster, "minilm-gpu"), within=30, what="status")
-        assert ms["status"]["device"] == "gpu"
-        feats = await cluster.condition("minilm-gpu", "KnativeFeaturesEnabled")
-        assert feats is not None and feats["status"] == "True"
+
+        # observedGeneration was already current while blocked, so wait for the condition itself.
+        async def features_on() -> bool:
+            c = await cluster.condition("minilm-gpu", "KnativeFeaturesEnabled")
+            return bool(c and c["status"] == "True")
+
+        await eventually(features_on, within=30, what="KnativeFeaturesEnabled=True")
+        assert (await cluster.ms("minilm-gpu"))["status"]["device"] == "gpu"
     finally:
         await core.delete_namespaced_config_map("config-features", "knative-serving")
 
@@ -389,9 +393,12 @@ async def test_kopf_run_works_too(
     kopf = str(Path(sys.executable).parent / "kopf")
     proc = OperatorProcess(control_plane, tmp_path / "kopf.log", [namespace])
     proc.argv = [kopf, "run", "--standalone", "-n", namespace, "-m", "zeroserve_operator.handlers"]
-    with proc:
+    proc.start()
+    try:
         await cluster.create(example(CPU_EXAMPLE))
         await eventually(lambda: cluster.ksvc("efficientnet"), within=30, what="the Knative Service")
+    finally:
+        proc.stop()
 
 
 async def test_operator_killed_mid_reconcile_converges_after_restart(
