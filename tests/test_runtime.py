@@ -421,3 +421,17 @@ def test_sigterm_under_load_loses_no_accepted_request(tmp_path: Path) -> None:
     # What failed was refused at the door after SIGTERM, never cut off mid-request.
     assert all(sent >= sigterm - 0.05 for sent, _, _ in failed), failed
     assert "shutting down" in proc.log()
+
+
+def test_bad_settings_are_named_with_flag_and_variable() -> None:
+    import subprocess
+    import sys
+
+    zeroserve = str(Path(sys.executable).parent / "zeroserve")
+    out = subprocess.run(
+        [zeroserve, "serve", "--http-port=70000"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2
+    assert "--model-uri (ZEROSERVE_MODEL_URI): Field required" in out.stderr
+    assert "--http-port (ZEROSERVE_HTTP_PORT)" in out.stderr
+    assert "Traceback" not in out.stderr
