@@ -1,0 +1,287 @@
+"""The Helm chart, with the pinned helm built from Go modules, against the real control plane. The RBAC it
+grants is proven by running the operator with the chart's ServiceAccount token instead of admin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from controlplane import Binaries, ControlPlane
+from kubernetes_asyncio import client as aclient
+from kubernetes_asyncio import config as aconfig
+from kubernetes_asyncio.client.exceptions import ApiException
+from operatorproc import OperatorProcess
+from waiting import eventually
+from zeroserve_operator.settings import OperatorSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "zeroserve"
+SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
+KUBE_VERSION = "1.35.4"
+
+
+def helm(binaries: Binaries, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([str(binaries.helm), *args], capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stderr}")
+    return result
+
+
+def render(
+    binaries: Binaries, *values: Path, namespace: str = "zeroserve", release: str = "zs"
+) -> list[dict]:
+    args = ["template", release, str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION]
+    out = helm(binaries, *args, *(f"--values={v}" for v in values)).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+@pytest.mark.parametrize("values", [None, *SCENARIOS], ids=lambda v: v.name if v else "defaults")
+def test_helm_lint(binaries: Binaries, values: Path | None) -> None:
+    out = helm(binaries, "lint", str(CHART), *([f"--values={values}"] if values else [])).stdout
+    assert "0 chart(s) failed" in out
+
+
+def test_defaults_render_a_restricted_single_replica_operator(binaries: Binaries) -> None:
+    docs = render(binaries)
+    (deployment,) = by_kind(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["limits"] and container["resources"]["requests"]
+    assert "--all-namespaces" in container["args"]
+    assert by_kind(docs, "Service") and not by_kind(docs, "ServiceMonitor")
+
+
+def test_chart_env_is_what_the_operator_settings_read(
+    binaries: Binaries, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = render(binaries, CHART / "ci" / "gpu-values.yaml")
+    (container,) = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    for env in container["env"]:
+        assert env["name"].removeprefix("ZEROSERVE_OPERATOR_").lower() in OperatorSettings.model_fields, env
+        monkeypatch.setenv(env["name"], env["value"])
+    settings = OperatorSettings()
+    assert settings.gpu_node_selector == {"nvidia.com/gpu.present": "true"}
+    assert settings.gpu_tolerations == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert settings.gpu_progress_deadline == "2400s"
+
+
+def rules(docs: list[dict]) -> list[tuple[str, str, str]]:
+    found = []
+    for doc in docs:
+        if doc["kind"] in ("Role", "ClusterRole"):
+            for rule in doc["rules"]:
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        for verb in rule["verbs"]:
+                            found.append((doc["kind"], f"{group}/{resource}", verb))
+    return found
+
+
+def test_rbac_grants_nothing_more_than_the_operator_needs(binaries: Binaries) -> None:
+    granted = {(g, v) for _, g, v in rules(render(binaries))}
+    assert granted == {
+        ("apiextensions.k8s.io/customresourcedefinitions", "list"),
+        ("apiextensions.k8s.io/customresourcedefinitions", "watch"),
+        ("/namespaces", "list"),
+        ("/namespaces", "watch"),
+        ("zeroserve.dev/modelservices", "get"),
+        ("zeroserve.dev/modelservices", "list"),
+        ("zeroserve.dev/modelservices", "watch"),
+        ("zeroserve.dev/modelservices", "patch"),
+        ("zeroserve.dev/modelservices/status", "get"),
+        ("zeroserve.dev/modelservices/status", "patch"),
+        ("serving.knative.dev/services", "get"),
+        ("serving.knative.dev/services", "list"),
+        ("serving.knative.dev/services", "watch"),
+        ("serving.knative.dev/services", "create"),
+        ("serving.knative.dev/services", "patch"),
+        ("/events", "create"),
+        ("/configmaps", "get"),
+    }
+    (features,) = [
+        d for d in by_kind(render(binaries), "Role") if d["metadata"]["namespace"] == "knative-serving"
+    ]
+    assert features["rules"][0]["resourceNames"] == ["config-features"]
+
+
+def test_namespaced_mode_uses_roles_in_the_watched_namespaces(binaries: Binaries) -> None:
+    docs = render(binaries, CHART / "ci" / "namespaced-values.yaml")
+    roles = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in by_kind(docs, "Role")}
+    assert {("team-a", "zs-zeroserve"), ("team-b", "zs-zeroserve")} <= roles
+    cluster_roles = {d["metadata"]["name"] for d in by_kind(docs, "ClusterRole")}
+    assert cluster_roles == {"zs-zeroserve-kopf"}  # only what kopf needs is cluster-wide
+    (container,) = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert "--namespace=team-a" in container["args"] and "--namespace=team-b" in container["args"]
+    assert "--all-namespaces" not in container["args"]
+
+
+def test_servicemonitor_behind_its_flag(binaries: Binaries) -> None:
+    (monitor,) = by_kind(render(binaries, CHART / "ci" / "servicemonitor-values.yaml"), "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "interval": "15s"}]
+
+
+def test_crd_comes_from_crds_folder_not_a_copy() -> None:
+    link = CHART / "crds" / "modelservices.zeroserve.dev.yaml"
+    assert (
+        link.is_symlink() and link.resolve() == (ROOT / "crds" / "modelservices.zeroserve.dev.yaml").resolve()
+    )
+
+
+BAD_VALUES = [
+    (["--set", "replicaCount=2"], "replicaCount"),
+    (["--set", "watch.mode=galaxy"], "/watch/mode"),
+    (["--set", "surprise=1"], "surprise"),
+    (["--set", "metrics.port=0"], "/metrics/port"),
+    (["--set", "modelServiceDefaults.gpu.progressDeadline=soon"], "progressDeadline"),
+    (["--set", "watch.namespaces[0]=Not_A_Namespace"], "namespaces"),
+]
+
+
+@pytest.mark.parametrize(("args", "field"), BAD_VALUES, ids=[b[1] for b in BAD_VALUES])
+def test_bad_values_are_rejected_by_the_schema(binaries: Binaries, args: list[str], field: str) -> None:
+    result = helm(binaries, "template", "zs", str(CHART), "--kube-version", KUBE_VERSION, *args, check=False)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert field in result.stderr
+
+
+@pytest.mark.parametrize(
+    "values",
+    [None, CHART / "ci" / "namespaced-values.yaml", CHART / "ci" / "gpu-values.yaml"],
+    ids=["defaults", "namespaced", "gpu"],
+)
+def test_rendered_manifests_apply_to_the_api_server(
+    control_plane: ControlPlane, binaries: Binaries, tmp_path: Path, values: Path | None
+) -> None:
+    release_ns = f"zs-{uuid.uuid4().hex[:8]}"
+    docs = render(binaries, *([values] if values else []), namespace=release_ns)
+    for ns in {release_ns, "knative-serving"} | {d["metadata"].get("namespace") for d in docs} - {None}:
+        control_plane.kubectl("create", "namespace", ns, check=False)
+    manifest = tmp_path / "rendered.yaml"
+    manifest.write_text(yaml.safe_dump_all(docs))
+    out = control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(manifest)).stdout
+    assert "deployment.apps/zs-zeroserve serverside-applied" in out
+
+
+async def _token_kubeconfig(
+    plane: ControlPlane, api_client: aclient.ApiClient, namespace: str, sa: str, path: Path
+) -> Path:
+    token = (
+        await aclient.CoreV1Api(api_client).create_namespaced_service_account_token(
+            sa, namespace, aclient.AuthenticationV1TokenRequest(spec=aclient.V1TokenRequestSpec(audiences=[]))
+        )
+    ).status.token
+    config = yaml.safe_load(plane.kubeconfig.read_text())
+    config["users"][0]["user"] = {"token": token}
+    path.write_text(yaml.safe_dump(config))  # noqa: ASYNC240
+    return path
+
+
+async def test_operator_reconciles_with_only_the_charts_rbac(
+    control_plane: ControlPlane,
+    binaries: Binaries,
+    modelservice_crd: str,
+    api_client: aclient.ApiClient,
+    tmp_path: Path,
+) -> None:
+    release_ns, models_ns = f"zs-{uuid.uuid4().hex[:8]}", f"ml-{uuid.uuid4().hex[:8]}"
+    for ns in (release_ns, models_ns, "knative-serving"):
+        control_plane.kubectl("create", "namespace", ns, check=False)
+    docs = render(binaries, namespace=release_ns)
+    manifest = tmp_path / "rendered.yaml"
+    manifest.write_text(yaml.safe_dump_all([d for d in docs if d["kind"] != "Deployment"]))
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(manifest))
+    kubeconfig = await _token_kubeconfig(
+        control_plane, api_client, release_ns, "zs-zeroserve", tmp_path / "sa.kubeconfig"
+    )
+
+    proc = OperatorProcess(control_plane, tmp_path / "operator.log", [])
+    proc.env["KUBECONFIG"] = str(kubeconfig)
+    proc.env["ZEROSERVE_OPERATOR_RETRY_DELAY"] = "1"
+    proc.start()
+    try:
+        custom = aclient.CustomObjectsApi(api_client)
+        body = yaml.safe_load((ROOT / "examples" / "modelservice-cpu.yaml").read_text())
+        await custom.create_namespaced_custom_object(
+            "zeroserve.dev", "v1alpha1", models_ns, "modelservices", body
+        )
+
+        async def reconciled() -> dict[str, Any] | None:
+            ms = await custom.get_namespaced_custom_object(
+                "zeroserve.dev", "v1alpha1", models_ns, "modelservices", "efficientnet"
+            )
+            return ms if (ms.get("status") or {}).get("observedGeneration") == 1 else None
+
+        ms = await eventually(reconciled, within=60, what="status written by the chart's identity")
+        assert {c["type"]: c["status"] for c in ms["status"]["conditions"]}["SpecValid"] == "True"
+        ksvc = await custom.get_namespaced_custom_object(
+            "serving.knative.dev", "v1", models_ns, "services", "efficientnet"
+        )
+        assert ksvc["metadata"]["ownerReferences"][0]["uid"] == ms["metadata"]["uid"]
+
+        async def event_posted() -> bool:
+            events = await aclient.CoreV1Api(api_client).list_namespaced_event(models_ns)
+            return any(e.reason == "KnativeServiceCreated" for e in events.items)
+
+        await eventually(event_posted, within=30, what="an Event posted by the chart's identity")
+        assert "Forbidden" not in proc.log() and "403" not in proc.log()
+    finally:
+        proc.stop()
+        print(proc.tail())
+
+
+async def test_charts_identity_cannot_read_secrets_or_touch_deployments(
+    control_plane: ControlPlane,
+    binaries: Binaries,
+    modelservice_crd: str,
+    api_client: aclient.ApiClient,
+    tmp_path: Path,
+) -> None:
+    release_ns = f"zs-{uuid.uuid4().hex[:8]}"
+    control_plane.kubectl("create", "namespace", release_ns)
+    control_plane.kubectl("create", "namespace", "knative-serving", check=False)
+    manifest = tmp_path / "rendered.yaml"
+    manifest.write_text(yaml.safe_dump_all(render(binaries, namespace=release_ns)))
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(manifest))
+    kubeconfig = await _token_kubeconfig(
+        control_plane, api_client, release_ns, "zs-zeroserve", tmp_path / "sa.kubeconfig"
+    )
+
+    as_operator = await aconfig.new_client_from_config(config_file=str(kubeconfig))
+    async with as_operator:
+        core, apps = aclient.CoreV1Api(as_operator), aclient.AppsV1Api(as_operator)
+        refused = [
+            core.list_secret_for_all_namespaces(),
+            core.read_namespaced_secret("anything", release_ns),
+            apps.list_deployment_for_all_namespaces(),
+            apps.delete_namespaced_deployment("zs-zeroserve", release_ns),
+            core.list_namespaced_config_map("knative-serving"),  # only config-features, by name
+        ]
+        for call in refused:
+            with pytest.raises(ApiException) as info:
+                await call
+            assert info.value.status == 403, info.value.body
+            assert "zs-zeroserve" in json.loads(info.value.body)["message"]
+        # ...while what it needs is allowed.
+        await aclient.CustomObjectsApi(as_operator).list_cluster_custom_object(
+            "zeroserve.dev", "v1alpha1", "modelservices"
+        )
