@@ -20,8 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
     from zeroserve_operator import cli as operator_cli
     from zeroserve_runtime import cli as runtime_cli
 
+    from zeroserve import install
+
     runtime_cli.add_parser(subparsers)
     operator_cli.add_parser(subparsers)
+    install.add_parsers(subparsers)
     return parser
 
 
