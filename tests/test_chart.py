@@ -164,11 +164,17 @@ def test_bad_values_are_rejected_by_the_schema(binaries: Binaries, args: list[st
     assert field in result.stderr
 
 
-@pytest.mark.parametrize(
-    "values",
-    [None, CHART / "ci" / "namespaced-values.yaml", CHART / "ci" / "gpu-values.yaml"],
-    ids=["defaults", "namespaced", "gpu"],
-)
+@pytest.mark.parametrize("values", [None, *SCENARIOS], ids=lambda v: v.name if v else "defaults")
+def test_every_scenario_renders_one_operator(binaries: Binaries, values: Path | None) -> None:
+    docs = render(binaries, *([values] if values else []))
+    assert len(by_kind(docs, "Deployment")) == 1 and by_kind(docs, "ServiceAccount")
+
+
+# The ServiceMonitor scenario needs prometheus-operator's CRD, which this control plane does not have.
+APPLIED = [v for v in SCENARIOS if v.name != "servicemonitor-values.yaml"]
+
+
+@pytest.mark.parametrize("values", [None, *APPLIED], ids=lambda v: v.name if v else "defaults")
 def test_rendered_manifests_apply_to_the_api_server(
     control_plane: ControlPlane, binaries: Binaries, tmp_path: Path, values: Path | None
 ) -> None:

@@ -26,3 +26,31 @@ def test_console_script_runs() -> None:
         [Path(sys.executable).parent / "zeroserve", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "usage: zeroserve" in out and "operator" in out
+
+
+def test_wheel_carries_the_chart_with_the_crd_itself(tmp_path: Path) -> None:
+    import zipfile
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("zeroserve-*.whl")
+    prefix = "zeroserve-0.1.0.data/data/share/zeroserve/charts/zeroserve/"
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        for required in ("Chart.yaml", "values.yaml", "values.schema.json", "templates/deployment.yaml"):
+            assert prefix + required in names
+        crd = z.read(prefix + "crds/modelservices.zeroserve.dev.yaml")
+    assert crd == (ROOT / "crds" / "modelservices.zeroserve.dev.yaml").read_bytes()

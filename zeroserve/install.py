@@ -12,6 +12,13 @@ from typing import Any
 
 RELEASE = "zeroserve"
 SOURCE_CHART = Path(__file__).resolve().parent.parent / "charts" / "zeroserve"
+# Where the wheel puts the chart (data-files in pyproject.toml).
+INSTALLED_CHART = Path(sys.prefix) / "share" / "zeroserve" / "charts" / "zeroserve"
+
+
+def bundled_chart() -> Path:
+    """The chart of this checkout when running from source, else the one installed with the package."""
+    return SOURCE_CHART if (SOURCE_CHART / "Chart.yaml").is_file() else INSTALLED_CHART
 
 
 def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
