@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
-
 from zeroserve import __version__
 from zeroserve_runtime.batching import Admission, Batcher
 from zeroserve_runtime.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerBusy, ServingError
@@ -99,10 +97,7 @@ class DataPlane:
             )
         assert self.batcher is not None
         with self.admission:
-            try:
-                results = await self.batcher.infer(request.inputs)
-            except InvalidArgument as e:
-                raise InvalidInput(f"the model rejected the input: {e}") from None
+            results = await self.batcher.infer(request.inputs)
         by_name = dict(zip(model.output_names, results, strict=True))
         binary = {o.name: o.binary or request.binary_outputs for o in request.outputs or []}
         if not request.outputs:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from zeroserve_runtime.errors import InvalidInput, ModelLoadError
 from zeroserve_runtime.protocol.tensors import DATATYPES, ONNX_TO_DATATYPE
@@ -66,7 +67,10 @@ class OnnxModel:
         self.batchable = all(s.shape and s.shape[0] == -1 for s in self.inputs + self.outputs)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(self.output_names, feeds)
+        try:
+            return self.session.run(self.output_names, feeds)
+        except InvalidArgument as e:  # what the checks cannot see, e.g. a dimension the graph constrains
+            raise InvalidInput(f"the model rejected the input: {e}") from None
 
     def warmup(self) -> None:
         """One inference on zeros (dynamic dimensions as 1), so the first request pays no lazy setup."""
