@@ -178,28 +178,39 @@ APPLIED = [v for v in SCENARIOS if v.name != "servicemonitor-values.yaml"]
 def test_rendered_manifests_apply_to_the_api_server(
     control_plane: ControlPlane, binaries: Binaries, tmp_path: Path, values: Path | None
 ) -> None:
-    release_ns = f"zs-{uuid.uuid4().hex[:8]}"
-    docs = render(binaries, *([values] if values else []), namespace=release_ns)
-    for ns in {release_ns, "knative-serving"} | {d["metadata"].get("namespace") for d in docs} - {None}:
-        control_plane.kubectl("create", "namespace", ns, check=False)
-    manifest = tmp_path / "rendered.yaml"
-    manifest.write_text(yaml.safe_dump_all(docs))
-    out = control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(manifest)).stdout
+    docs = render(binaries, *([values] if values else []), namespace=f"zs-{uuid.uuid4().hex[:8]}")
+    out = apply_rendered(control_plane, docs, tmp_path)
     assert "deployment.apps/zs-zeroserve serverside-applied" in out
 
 
-async def _token_kubeconfig(
-    plane: ControlPlane, api_client: aclient.ApiClient, namespace: str, sa: str, path: Path
-) -> Path:
+def apply_rendered(plane: ControlPlane, docs: list[dict], tmp_path: Path) -> str:
+    """Server-side apply rendered manifests, creating the namespaces they live in first."""
+    for ns in {"knative-serving"} | {d["metadata"].get("namespace") for d in docs} - {None}:
+        plane.kubectl("create", "namespace", ns, check=False)
+    manifest = tmp_path / "rendered.yaml"
+    manifest.write_text(yaml.safe_dump_all(docs))
+    return plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(manifest)).stdout
+
+
+async def chart_identity(
+    plane: ControlPlane, binaries: Binaries, api_client: aclient.ApiClient, tmp_path: Path
+) -> tuple[str, Path]:
+    """Install the chart's objects in a fresh release namespace; return it and a kubeconfig that holds
+    a token of the chart's ServiceAccount instead of the admin's."""
+    release_ns = f"zs-{uuid.uuid4().hex[:8]}"
+    apply_rendered(plane, render(binaries, namespace=release_ns), tmp_path)
     token = (
         await aclient.CoreV1Api(api_client).create_namespaced_service_account_token(
-            sa, namespace, aclient.AuthenticationV1TokenRequest(spec=aclient.V1TokenRequestSpec(audiences=[]))
+            "zs-zeroserve",
+            release_ns,
+            aclient.AuthenticationV1TokenRequest(spec=aclient.V1TokenRequestSpec(audiences=[])),
         )
     ).status.token
     config = yaml.safe_load(plane.kubeconfig.read_text())
     config["users"][0]["user"] = {"token": token}
-    path.write_text(yaml.safe_dump(config))  # noqa: ASYNC240
-    return path
+    path = tmp_path / "sa.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return release_ns, path
 
 
 async def test_operator_reconciles_with_only_the_charts_rbac(
@@ -209,16 +220,9 @@ async def test_operator_reconciles_with_only_the_charts_rbac(
     api_client: aclient.ApiClient,
     tmp_path: Path,
 ) -> None:
-    release_ns, models_ns = f"zs-{uuid.uuid4().hex[:8]}", f"ml-{uuid.uuid4().hex[:8]}"
-    for ns in (release_ns, models_ns, "knative-serving"):
-        control_plane.kubectl("create", "namespace", ns, check=False)
-    docs = render(binaries, namespace=release_ns)
-    manifest = tmp_path / "rendered.yaml"
-    manifest.write_text(yaml.safe_dump_all([d for d in docs if d["kind"] != "Deployment"]))
-    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(manifest))
-    kubeconfig = await _token_kubeconfig(
-        control_plane, api_client, release_ns, "zs-zeroserve", tmp_path / "sa.kubeconfig"
-    )
+    models_ns = f"ml-{uuid.uuid4().hex[:8]}"
+    control_plane.kubectl("create", "namespace", models_ns)
+    _, kubeconfig = await chart_identity(control_plane, binaries, api_client, tmp_path)
 
     proc = OperatorProcess(control_plane, tmp_path / "operator.log", [])
     proc.env["KUBECONFIG"] = str(kubeconfig)
@@ -263,15 +267,7 @@ async def test_charts_identity_cannot_read_secrets_or_touch_deployments(
     api_client: aclient.ApiClient,
     tmp_path: Path,
 ) -> None:
-    release_ns = f"zs-{uuid.uuid4().hex[:8]}"
-    control_plane.kubectl("create", "namespace", release_ns)
-    control_plane.kubectl("create", "namespace", "knative-serving", check=False)
-    manifest = tmp_path / "rendered.yaml"
-    manifest.write_text(yaml.safe_dump_all(render(binaries, namespace=release_ns)))
-    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(manifest))
-    kubeconfig = await _token_kubeconfig(
-        control_plane, api_client, release_ns, "zs-zeroserve", tmp_path / "sa.kubeconfig"
-    )
+    release_ns, kubeconfig = await chart_identity(control_plane, binaries, api_client, tmp_path)
 
     as_operator = await aconfig.new_client_from_config(config_file=str(kubeconfig))
     async with as_operator:
