@@ -107,6 +107,19 @@ def test_int64_inputs_and_mixed_output_types(ints: RuntimeProcess, models) -> No
         np.testing.assert_array_equal(result.as_numpy("mean"), expected["mean"])
 
 
+def test_inputs_must_agree_on_the_batch_dimension(ints: RuntimeProcess) -> None:
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": "ids", "shape": [2, 3], "datatype": "INT64", "data": [1, 2, 3, 4, 5, 6]},
+                {"name": "mask", "shape": [1, 3], "datatype": "INT64", "data": [1, 1, 1]},
+            ]
+        }
+    ).encode()
+    status, payload, _ = post(ints, body, path="/v2/models/ints/infer")
+    assert status == 400 and "disagree on the batch dimension" in json.loads(payload)["error"]
+
+
 def test_metadata_and_health_through_both_clients(linear: RuntimeProcess) -> None:
     http = httpclient.InferenceServerClient(linear.http_address)
     assert http.is_server_live() and http.is_server_ready() and http.is_model_ready("linear")
@@ -169,8 +182,10 @@ BAD_REQUESTS = [
     ),
     ("shape vs data length", infer_body(data=[1, 2, 3]), {}, 400, "needs 4 values, got 3"),
     ("negative dim", infer_body(shape=[-1, 4]), {}, 400, "negative dimension"),
-    ("absurd dims", infer_body(shape=[10**12, 4]), {}, 400, "needs 4000000000000 values"),
+    ("absurd dims", infer_body(shape=[10**12, 4]), {}, 400, "absurdly many elements"),
     ("wrong rank", infer_body(shape=[4], data=[1, 2, 3, 4]), {}, 400, "rank 1"),
+    ("rank beyond any model", infer_body(shape=[1] * 40, data=[1]), {}, 400, "rank 40 is more than 32"),
+    ("empty but absurd", infer_body(shape=[0, 2**62, 2**62], data=[]), {}, 400, "absurdly large"),
     ("wrong fixed dim", infer_body(shape=[2, 2]), {}, 400, "does not fit"),
     ("unknown datatype", infer_body(datatype="FP128"), {}, 400, "unknown datatype 'FP128'"),
     ("wrong datatype", infer_body(datatype="INT32"), {}, 400, "the model takes FP32"),

@@ -87,7 +87,7 @@ class Batcher:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self._executor.shutdown(wait=True)
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
 
     async def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         first = next(iter(feeds.values()))
@@ -113,48 +113,64 @@ class Batcher:
             return None
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            first = await self._next(None)
-            assert first is not None
-            batch, rows = [first], first.rows
-            deadline = time.perf_counter() + self.max_delay
-            while rows < self.max_batch_size:
-                item = await self._next(deadline - time.perf_counter())
-                if item is None:
-                    break
-                if item.signature != first.signature or rows + item.rows > self.max_batch_size:
-                    self._held = item  # starts the next batch
-                    break
-                batch.append(item)
-                rows += item.rows
-            batch = [i for i in batch if not i.future.cancelled()]
-            if not batch:
-                continue
-            started = time.perf_counter()
-            for item in batch:
-                self.metrics.queue_seconds.labels(self.model.name).observe(started - item.enqueued)
-            feeds = (
-                batch[0].feeds
-                if len(batch) == 1
-                else {name: np.concatenate([i.feeds[name] for i in batch]) for name in batch[0].feeds}
-            )
+            batch = await self._collect()
             try:
-                outputs = await loop.run_in_executor(self._executor, self.model.run, feeds)
-            except Exception as e:  # a failed run fails its callers, never the runner
+                await self._execute(batch)
+            except Exception as e:  # never lose the runner: fail this batch's callers and go on
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(e)
-                continue
-            self.metrics.inference_seconds.labels(self.model.name).observe(time.perf_counter() - started)
-            self.metrics.batch_size.labels(self.model.name).observe(len(batch))
+
+    async def _collect(self) -> list[_Item]:
+        first = await self._next(None)
+        assert first is not None
+        batch, rows = [first], first.rows
+        deadline = time.perf_counter() + self.max_delay
+        while rows < self.max_batch_size:
+            item = await self._next(deadline - time.perf_counter())
+            if item is None:
+                break
+            if item.signature != first.signature or rows + item.rows > self.max_batch_size:
+                self._held = item  # starts the next batch
+                break
+            batch.append(item)
+            rows += item.rows
+        return [i for i in batch if not i.future.cancelled()]
+
+    async def _execute(self, batch: list[_Item]) -> None:
+        if not batch:
+            return
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        for item in batch:
+            self.metrics.queue_seconds.labels(self.model.name).observe(started - item.enqueued)
+        if len(batch) == 1:
+            feeds = batch[0].feeds
+        else:
+            feeds = {name: np.concatenate([i.feeds[name] for i in batch]) for name in batch[0].feeds}
+        try:
+            outputs = await loop.run_in_executor(self._executor, self.model.run, feeds)
+        except Exception as e:
             if len(batch) == 1:
-                if not batch[0].future.done():
-                    batch[0].future.set_result(outputs)
-                continue
-            offset = 0
+                batch[0].future.set_exception(e)
+                return
+            # One caller's bad rows must not fail the others: run each on its own.
             for item in batch:
-                rows_of = [out[offset : offset + item.rows] for out in outputs]
-                offset += item.rows
-                if not item.future.done():
-                    item.future.set_result(rows_of)
+                await self._execute([item])
+            return
+        self.metrics.inference_seconds.labels(self.model.name).observe(time.perf_counter() - started)
+        self.metrics.batch_size.labels(self.model.name).observe(len(batch))
+        if len(batch) == 1:
+            if not batch[0].future.done():
+                batch[0].future.set_result(outputs)
+            return
+        total = sum(i.rows for i in batch)
+        if any(out.shape[:1] != (total,) for out in outputs):
+            raise RuntimeError(f"batched outputs do not have {total} rows: {[o.shape for o in outputs]}")
+        offset = 0
+        for item in batch:
+            rows_of = [out[offset : offset + item.rows] for out in outputs]
+            offset += item.rows
+            if not item.future.done():
+                item.future.set_result(rows_of)

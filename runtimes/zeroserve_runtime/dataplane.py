@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 from zeroserve import __version__
 from zeroserve_runtime.batching import Admission, Batcher
@@ -59,6 +61,20 @@ class DataPlane:
 
     # -- inference -------------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def admit(self, protocol: str) -> Iterator[None]:
+        """Hold a place for one request from before its body is read until its answer is ready, so
+        what overload can pile up (bodies, decoded tensors) is bounded; a full server answers 503."""
+        try:
+            self.admission.__enter__()
+        except ServerBusy:
+            self.metrics.requests.labels(self.model_name, protocol, "busy").inc()
+            raise
+        try:
+            yield
+        finally:
+            self.admission.__exit__()
+
     async def infer(
         self, name: str, version: str | None, request: InferRequest, protocol: str
     ) -> InferResponse:
@@ -70,9 +86,6 @@ class DataPlane:
             return response
         except InvalidInput:
             outcome = "invalid"
-            raise
-        except ServerBusy:
-            outcome = "busy"
             raise
         except ServingError as e:
             outcome = type(e).__name__.lower()
@@ -96,8 +109,7 @@ class DataPlane:
                 f"{', '.join(repr(n) for n in model.output_names)}"
             )
         assert self.batcher is not None
-        with self.admission:
-            results = await self.batcher.infer(request.inputs)
+        results = await self.batcher.infer(request.inputs)
         by_name = dict(zip(model.output_names, results, strict=True))
         binary = {o.name: o.binary or request.binary_outputs for o in request.outputs or []}
         if not request.outputs:

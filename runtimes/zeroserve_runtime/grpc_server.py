@@ -61,7 +61,15 @@ def decode_request(request: service_pb2.ModelInferRequest) -> InferRequest:
                 raise InvalidInput(
                     f"input '{name}': shape {list(shape)} needs {count} values, got {len(values)}"
                 )
-            inputs[name] = np.asarray(values, dtype=dtype).reshape(shape)
+            try:
+                array = np.asarray(values)
+                if dtype.kind in "iu" and array.size:
+                    info = np.iinfo(dtype)
+                    if array.min() < info.min or array.max() > info.max:
+                        raise OverflowError
+                inputs[name] = array.astype(dtype).reshape(shape)
+            except (OverflowError, ValueError, TypeError):
+                raise InvalidInput(f"input '{name}': values do not fit {tensor.datatype}") from None
         datatypes[name] = tensor.datatype
     outputs = [RequestedOutput(o.name, True) for o in request.outputs] or None
     return InferRequest(inputs=inputs, datatypes=datatypes, outputs=outputs, id=request.id or None)
@@ -111,10 +119,17 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):  # type: ignore[no-untyped-def]
         try:
-            decoded = decode_request(request)
-            response = await self.dataplane.infer(request.model_name, request.model_version, decoded, "grpc")
+            with self.dataplane.admit("grpc"):
+                decoded = decode_request(request)
+                response = await self.dataplane.infer(
+                    request.model_name, request.model_version, decoded, "grpc"
+                )
         except ServingError as e:
             await self._abort(context, e)
+            return None
+        except Exception:
+            log.exception("unexpected error in ModelInfer")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
             return None
         out = service_pb2.ModelInferResponse(
             model_name=response.model_name, model_version=response.model_version or "", id=response.id or ""

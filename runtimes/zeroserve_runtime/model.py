@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
 from zeroserve_runtime.errors import InvalidInput, ModelLoadError
 from zeroserve_runtime.protocol.tensors import DATATYPES, ONNX_TO_DATATYPE
@@ -59,8 +59,8 @@ class OnnxModel:
         self.provider = used
         self.inputs = [_spec(i) for i in self.session.get_inputs()]
         self.outputs = [_spec(o) for o in self.session.get_outputs()]
-        if any(s.datatype == "BYTES" for s in self.inputs):
-            raise ModelLoadError("models with string (BYTES) inputs are not supported by this runtime")
+        if any(s.datatype == "BYTES" for s in self.inputs + self.outputs):
+            raise ModelLoadError("models with string (BYTES) tensors are not supported by this runtime")
         self.input_by_name = {s.name: s for s in self.inputs}
         self.output_names = [s.name for s in self.outputs]
         # Batching merges requests along the first dimension, so every input and output must leave it open.
@@ -69,8 +69,10 @@ class OnnxModel:
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
             return self.session.run(self.output_names, feeds)
-        except InvalidArgument as e:  # what the checks cannot see, e.g. a dimension the graph constrains
-            raise InvalidInput(f"the model rejected the input: {e}") from None
+        except (InvalidArgument, RuntimeException, Fail) as e:
+            # The model loaded and ran its warm-up, so what fails now is this input: an index out of
+            # range for a Gather, a dimension a Reshape cannot take, ...
+            raise InvalidInput(f"the model cannot run on this input: {e}") from None
 
     def warmup(self) -> None:
         """One inference on zeros (dynamic dimensions as 1), so the first request pays no lazy setup."""
@@ -91,6 +93,9 @@ class OnnxModel:
         missing = [s.name for s in self.inputs if s.name not in inputs]
         if missing:
             raise InvalidInput(f"missing input {', '.join(repr(m) for m in missing)}")
+        if self.batchable and len({a.shape[0] for a in inputs.values() if a.ndim}) > 1:
+            sizes = {n: a.shape[0] for n, a in inputs.items()}
+            raise InvalidInput(f"inputs disagree on the batch dimension: {sizes}")
         for name, array in inputs.items():
             spec = self.input_by_name[name]
             if datatypes[name] != spec.datatype:

@@ -12,7 +12,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from zeroserve_runtime.dataplane import DataPlane
-from zeroserve_runtime.errors import InvalidInput, PayloadTooLarge, ServingError
+from zeroserve_runtime.errors import InvalidInput, PayloadTooLarge, ServerBusy, ServingError
 from zeroserve_runtime.metrics import RuntimeMetrics
 from zeroserve_runtime.protocol import rest_codec
 
@@ -84,9 +84,21 @@ class RestApp:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         # Unknown models are refused before their bodies are read.
         self.dataplane.model_metadata(name, version)
-        body = await self._read_body(receive, headers.get("content-length"))
-        request = rest_codec.decode_request(body, headers.get(rest_codec.HEADER_LENGTH))
-        response = await self.dataplane.infer(name, version, request, "rest")
+        admission = self.dataplane.admit("rest")
+        try:
+            admission.__enter__()
+        except ServerBusy:
+            # Read and drop the body, holding none of it, so the client gets its 503 rather than a
+            # broken pipe halfway through sending.
+            await self._discard_body(receive)
+            raise
+        try:
+            body = await self._read_body(receive, headers.get("content-length"))
+            request = rest_codec.decode_request(body, headers.get(rest_codec.HEADER_LENGTH))
+            del body  # the tensors are views of it where they can be; drop the rest early
+            response = await self.dataplane.infer(name, version, request, "rest")
+        finally:
+            admission.__exit__(None, None, None)
         payload, header_length = rest_codec.encode_response(response)
         if header_length is None:
             return 200, payload, {"content-type": "application/json"}
@@ -98,6 +110,13 @@ class RestApp:
                 "inference-header-content-length": str(header_length),
             },
         )
+
+    @staticmethod
+    async def _discard_body(receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                return
 
     async def _read_body(self, receive: Receive, content_length: str | None) -> bytes:
         limit = self.max_request_bytes

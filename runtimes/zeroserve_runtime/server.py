@@ -11,7 +11,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 
 import uvicorn
 
@@ -62,7 +62,7 @@ class Runtime:
             lifespan="off",
             access_log=False,
             log_level="warning",
-            timeout_graceful_shutdown=int(s.shutdown_grace_seconds) or None,
+            timeout_graceful_shutdown=max(1, round(s.shutdown_grace_seconds)),
         )
         self.http = _Uvicorn(config)
         http_task = loop.create_task(self.http.serve(), name="http")
@@ -99,21 +99,21 @@ class Runtime:
         )
 
         await self.stopping.wait()
-        await self.drain()
-        await http_task
+        await self.drain(http_task)
 
-    async def drain(self) -> None:
-        """Stop accepting, finish what was accepted, then stop."""
+    async def drain(self, http_task: asyncio.Task[None]) -> None:
+        """Stop accepting, finish what was accepted (REST and gRPC together), then stop inferring."""
         log.info("shutting down: finishing %d request(s) in flight", self.admission.count)
         self.dataplane.draining = True
         grace = self.settings.shutdown_grace_seconds
-        waits = []
+        waits: list[Awaitable[object]] = [http_task]
         if self.grpc is not None:
             waits.append(self.grpc.stop(grace))
         if self.http is not None:
             self.http.should_exit = True
-        waits.append(self.admission.wait_idle(grace))
         await asyncio.gather(*waits)
+        # Only now: a request still uploading its body when SIGTERM came has been answered too.
+        await self.admission.wait_idle(grace)
         if self.batcher is not None:
             await self.batcher.stop()
 

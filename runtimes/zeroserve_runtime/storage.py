@@ -87,7 +87,7 @@ def fetch(uri: str, cache_dir: Path, sha256: str | None = None) -> Path:
     elif parsed.scheme in ("http", "https", "s3", "gs"):
         name = Path(parsed.path).name or "model.onnx"
         path = cache_dir / hashlib.sha256(uri.encode()).hexdigest()[:16] / name
-        if path.is_file() and (sha256 is None or _sha256(path) == sha256):
+        if path.is_file() and (sha256 is None or _sha256(path) == sha256.lower()):
             log.info("model %s: using cached %s", redact(uri), path)
         else:
             fetcher = {"http": _http, "https": _http, "s3": _s3, "gs": _gs}[parsed.scheme]
@@ -103,6 +103,6 @@ def fetch(uri: str, cache_dir: Path, sha256: str | None = None) -> Path:
         actual = _sha256(path)
         if actual != sha256.lower():
             raise ModelLoadError(
-                f"model {uri} has SHA-256 {actual}, but {sha256} was expected; refusing to serve it"
+                f"model {redact(uri)} has SHA-256 {actual}, but {sha256} was expected; refusing to serve it"
             )
     return path

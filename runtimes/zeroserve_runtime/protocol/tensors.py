@@ -82,16 +82,27 @@ def numpy_dtype(datatype: object, name: str) -> np.dtype:
         ) from None
 
 
+MAX_RANK = 32  # numpy's own limit is 64; no model here comes close
+MAX_ELEMENTS = 2**40  # far beyond any request body, far below int64 overflow
+
+
 def checked_shape(shape: object, name: str) -> tuple[int, ...]:
     if not isinstance(shape, Sequence) or isinstance(shape, str | bytes):
         raise InvalidInput(f"input '{name}': shape must be a list of integers")
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(f"input '{name}': rank {len(shape)} is more than {MAX_RANK}")
     dims = []
     for dim in shape:
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise InvalidInput(f"input '{name}': shape {list(shape)} must hold integers")
         if dim < 0:
             raise InvalidInput(f"input '{name}': shape {list(shape)} has a negative dimension")
+        if dim > MAX_ELEMENTS:
+            raise InvalidInput(f"input '{name}': dimension {dim} is absurdly large")
         dims.append(dim)
+    # Zero-size tensors are valid, so bound the product of the other dimensions too.
+    if math.prod(d for d in dims if d) > MAX_ELEMENTS:
+        raise InvalidInput(f"input '{name}': shape {dims} has absurdly many elements")
     return tuple(dims)
 
 
@@ -129,7 +140,7 @@ def from_json_data(data: object, dtype: np.dtype, shape: tuple[int, ...], name: 
     kind = array.dtype.kind
     if array.size and kind not in "biuf":
         raise InvalidInput(f"input '{name}': data must be numeric, got {array.dtype.name} values")
-    if dtype.kind in "iu" and kind == "f":
+    if dtype.kind in "iu" and kind == "f" and array.size:
         raise InvalidInput(f"input '{name}': {NUMPY_TO_DATATYPE[dtype]} data must be integers")
     if dtype.kind in "iu" and array.size:
         info = np.iinfo(dtype)
