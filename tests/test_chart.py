@@ -100,8 +100,6 @@ def test_rbac_grants_nothing_more_than_the_operator_needs(binaries: Binaries) ->
     assert granted == {
         ("apiextensions.k8s.io/customresourcedefinitions", "list"),
         ("apiextensions.k8s.io/customresourcedefinitions", "watch"),
-        ("/namespaces", "list"),
-        ("/namespaces", "watch"),
         ("zeroserve.dev/modelservices", "get"),
         ("zeroserve.dev/modelservices", "list"),
         ("zeroserve.dev/modelservices", "watch"),
@@ -126,8 +124,9 @@ def test_namespaced_mode_uses_roles_in_the_watched_namespaces(binaries: Binaries
     docs = render(binaries, CHART / "ci" / "namespaced-values.yaml")
     roles = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in by_kind(docs, "Role")}
     assert {("team-a", "zs-zeroserve"), ("team-b", "zs-zeroserve")} <= roles
-    cluster_roles = {d["metadata"]["name"] for d in by_kind(docs, "ClusterRole")}
-    assert cluster_roles == {"zs-zeroserve-kopf"}  # only what kopf needs is cluster-wide
+    (cluster_role,) = by_kind(docs, "ClusterRole")  # only what kopf needs is cluster-wide
+    assert cluster_role["metadata"]["name"] == "zs-zeroserve-zeroserve-kopf"  # release namespace in the name
+    assert {r["resources"][0] for r in cluster_role["rules"]} == {"customresourcedefinitions", "namespaces"}
     (container,) = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
     assert "--namespace=team-a" in container["args"] and "--namespace=team-b" in container["args"]
     assert "--all-namespaces" not in container["args"]
@@ -144,6 +143,37 @@ def test_crd_comes_from_crds_folder_not_a_copy() -> None:
     assert (
         link.is_symlink() and link.resolve() == (ROOT / "crds" / "modelservices.zeroserve.dev.yaml").resolve()
     )
+
+
+def test_knative_features_access_can_be_left_out(binaries: Binaries) -> None:
+    docs = render(binaries, CHART / "ci" / "cluster-values.yaml")
+    assert any(d["metadata"].get("namespace") == "knative-serving" for d in docs)
+    out = helm(
+        binaries,
+        "template",
+        "zs",
+        str(CHART),
+        "--kube-version",
+        KUBE_VERSION,
+        "--set",
+        "knative.readFeatures=false",
+    ).stdout
+    assert not [
+        d for d in yaml.safe_load_all(out) if d and d["metadata"].get("namespace") == "knative-serving"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "livenessPort=9090"], "livenessPort and metrics.port must differ"),
+        (["--set", "watch.namespaces[0]=team-a"], "watch.namespaces is only for watch.mode=namespaced"),
+    ],
+    ids=["port clash", "namespaces in cluster mode"],
+)
+def test_contradictory_values_fail_with_a_reason(binaries: Binaries, args: list[str], message: str) -> None:
+    result = helm(binaries, "template", "zs", str(CHART), "--kube-version", KUBE_VERSION, *args, check=False)
+    assert result.returncode != 0 and message in result.stderr
 
 
 BAD_VALUES = [

@@ -12,6 +12,11 @@
 {{- end }}
 {{- end }}
 
+{{/* Cluster-scoped objects carry the namespace too: the same release name may live in several. */}}
+{{- define "zeroserve.clusterName" -}}
+{{- printf "%s-%s" (include "zeroserve.fullname" .) .Release.Namespace | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "zeroserve.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "zeroserve.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -44,9 +49,11 @@ app.kubernetes.io/part-of: zeroserve
 {{- end }}
 
 {{/*
-What Zeroserve needs where ModelServices live: the ModelServices (kopf keeps its progress in their
-annotations, hence patch) and their status, the Knative Services it builds (created and changed by
-server-side apply, hence patch; deletion is the garbage collector's), and Events. Nothing else.
+Rules needed where ModelServices live, nothing else:
+- Zeroserve: the ModelServices and their status, and the Knative Services it builds (created and
+  changed by server-side apply, hence create and patch; deletion is the garbage collector's).
+- kopf, on Zeroserve's behalf: patch on ModelServices (it keeps its progress in their annotations)
+  and create on Events (it posts the operator's Events).
 */}}
 {{- define "zeroserve.rules" }}
 rules:
