@@ -80,6 +80,20 @@ def int_model(path: Path) -> Path:
     return _save(graph, path)
 
 
+def lookup_model(path: Path) -> Path:
+    """A [10, 4] table looked up by INT64 index [batch] -> FP32 [batch, 4]; an index past 9 fails inside
+    onnxruntime, which is how a data-dependent failure looks."""
+    table = np.arange(40, dtype=np.float32).reshape(10, 4)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "idx"], ["rows"], axis=0)],
+        "lookup",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor("table", TensorProto.FLOAT, [10, 4], table.ravel())],
+    )
+    return _save(graph, path)
+
+
 class RuntimeProcess(ServiceProcess):
     what = "runtime"
 

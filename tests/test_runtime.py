@@ -18,7 +18,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from runtimeproc import RuntimeProcess, int_model, linear_model, shared_model
+from runtimeproc import RuntimeProcess, int_model, linear_model, lookup_model, shared_model
 from tritonclient.utils import InferenceServerException
 
 
@@ -277,6 +277,31 @@ def test_concurrent_requests_are_batched_and_each_gets_its_rows(models, tmp_path
         total = float(re.search(r'^zeroserve_batch_size_sum\{model="linear"\} (\S+)', text, re.M)[1])
         assert total == 24  # every request in exactly one batch
         assert count < total, f"no request was merged: {count} batches for {total} requests"
+
+
+def test_a_bad_request_in_a_batch_fails_alone(tmp_path: Path) -> None:
+    model = lookup_model(tmp_path / "lookup.onnx")
+    with RuntimeProcess(
+        model, tmp_path / "log", name="lookup", max_batch_size=8, max_queue_delay_ms=100
+    ) as proc:
+        indices = [1, 2, 3, 99, 4, 5, 6, 7]  # 99 is past the table: onnxruntime fails on it
+
+        def one(i: int) -> tuple[int, dict]:
+            body = json.dumps({"inputs": [{"name": "idx", "shape": [1], "datatype": "INT64", "data": [i]}]})
+            status, payload, _ = post(proc, body.encode(), path="/v2/models/lookup/infer")
+            return status, json.loads(payload)
+
+        with concurrent.futures.ThreadPoolExecutor(len(indices)) as pool:
+            answers = dict(zip(indices, pool.map(one, indices), strict=True))
+        status, payload = answers.pop(99)
+        assert status == 400 and "cannot run on this input" in payload["error"]
+        for i, (status, payload) in answers.items():
+            assert status == 200, payload
+            assert payload["outputs"][0]["data"] == [4 * i, 4 * i + 1, 4 * i + 2, 4 * i + 3]
+        text = proc.metrics()
+        merged = float(re.search(r'^zeroserve_batch_size_sum\{model="lookup"\} (\S+)', text, re.M)[1])
+        # Requests counted more often than sent: the failed batch was rerun request by request.
+        assert merged > len(indices), "no batch failed and was rerun: the path under test did not run"
 
 
 def test_sha256_mismatch_refuses_to_start(models, tmp_path: Path) -> None:

@@ -145,6 +145,7 @@ class Batcher:
         started = time.perf_counter()
         for item in batch:
             self.metrics.queue_seconds.labels(self.model.name).observe(started - item.enqueued)
+        self.metrics.batch_size.labels(self.model.name).observe(len(batch))
         if len(batch) == 1:
             feeds = batch[0].feeds
         else:
@@ -160,7 +161,6 @@ class Batcher:
                 await self._execute([item])
             return
         self.metrics.inference_seconds.labels(self.model.name).observe(time.perf_counter() - started)
-        self.metrics.batch_size.labels(self.model.name).observe(len(batch))
         if len(batch) == 1:
             if not batch[0].future.done():
                 batch[0].future.set_result(outputs)

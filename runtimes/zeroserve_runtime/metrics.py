@@ -43,7 +43,8 @@ class RuntimeMetrics:
         )
         self.batch_size = Histogram(
             "zeroserve_batch_size",
-            "Requests merged into one session.run.",
+            "Requests merged into one session.run, counted when the batch forms "
+            "(a failed batch is rerun one by one).",
             ["model"],
             buckets=BATCH_BUCKETS,
             registry=r,
