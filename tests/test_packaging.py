@@ -7,6 +7,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -54,3 +56,13 @@ def test_wheel_carries_the_chart_with_the_crd_itself(tmp_path: Path) -> None:
             assert prefix + required in names
         crd = z.read(prefix + "crds/modelservices.zeroserve.dev.yaml")
     assert crd == (ROOT / "crds" / "modelservices.zeroserve.dev.yaml").read_bytes()
+
+
+def test_install_uses_the_checkouts_chart_else_the_installed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zeroserve import install
+
+    assert install.bundled_chart() == ROOT / "charts" / "zeroserve"
+    monkeypatch.setattr(install, "SOURCE_CHART", tmp_path / "no-chart-here")
+    assert install.bundled_chart() == install.INSTALLED_CHART

@@ -70,11 +70,9 @@ def _step(message: str) -> None:
 
 
 def run_install(args: argparse.Namespace) -> int:
-    chart_dir = args.chart or SOURCE_CHART
+    chart_dir = args.chart or bundled_chart()
     if not (chart_dir / "Chart.yaml").is_file():
-        raise SystemExit(
-            f"zeroserve: no Helm chart at {chart_dir}; pass --chart charts/zeroserve from the source"
-        )
+        raise SystemExit(f"zeroserve: no Helm chart at {chart_dir}; pass --chart DIR")
     values = _values(args.values)
 
     async def install() -> Any:
