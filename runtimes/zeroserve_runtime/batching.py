@@ -115,6 +115,9 @@ class Batcher:
     async def _run(self) -> None:
         while True:
             batch = await self._collect()
+            now = time.perf_counter()
+            for item in batch:  # once per request, not again if its batch is rerun
+                self.metrics.queue_seconds.labels(self.model.name).observe(now - item.enqueued)
             try:
                 await self._execute(batch)
             except Exception as e:  # never lose the runner: fail this batch's callers and go on
@@ -143,8 +146,6 @@ class Batcher:
             return
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        for item in batch:
-            self.metrics.queue_seconds.labels(self.model.name).observe(started - item.enqueued)
         self.metrics.batch_size.labels(self.model.name).observe(len(batch))
         if len(batch) == 1:
             feeds = batch[0].feeds
@@ -154,7 +155,8 @@ class Batcher:
             outputs = await loop.run_in_executor(self._executor, self.model.run, feeds)
         except Exception as e:
             if len(batch) == 1:
-                batch[0].future.set_exception(e)
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(e)
                 return
             # One caller's bad rows must not fail the others: run each on its own.
             for item in batch:
