@@ -29,7 +29,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --editable '.[test,dev]'
+	$(BIN)/python -m pip install --quiet --editable '.[test,dev,quickstart,aws]'
 	touch $@
 
 ## control-plane: build etcd, kube-apiserver, kube-controller-manager, kubectl, helm (cached, pinned)

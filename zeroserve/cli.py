@@ -17,14 +17,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"zeroserve {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Each component adds its own subcommands; imports stay light so `--help` is fast.
+    from zeroserve_loadgen import cli as loadgen_cli
     from zeroserve_operator import cli as operator_cli
     from zeroserve_runtime import cli as runtime_cli
 
-    from zeroserve import install
+    from zeroserve import install, quickstart
 
+    quickstart.add_parser(subparsers)
     runtime_cli.add_parser(subparsers)
     operator_cli.add_parser(subparsers)
     install.add_parsers(subparsers)
+    loadgen_cli.add_parsers(subparsers)
     return parser
 
 

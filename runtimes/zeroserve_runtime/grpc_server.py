@@ -4,6 +4,7 @@ and messages that tritonclient ships, so tritonclient.grpc works unmodified."""
 from __future__ import annotations
 
 import logging
+import time
 
 import grpc
 import numpy as np
@@ -11,6 +12,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from zeroserve_runtime.dataplane import DataPlane
 from zeroserve_runtime.errors import InvalidInput, ServingError
+from zeroserve_runtime.protocol.headers import ColdStart
 from zeroserve_runtime.protocol.tensors import (
     NUMPY_TO_DATATYPE,
     InferRequest,
@@ -76,8 +78,9 @@ def decode_request(request: service_pb2.ModelInferRequest) -> InferRequest:
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, cold_start: ColdStart) -> None:
         self.dataplane = dataplane
+        self.cold_start = cold_start
 
     async def _abort(self, context: grpc.aio.ServicerContext, error: ServingError) -> None:
         await context.abort(getattr(grpc.StatusCode, error.grpc_code), error.message)
@@ -121,9 +124,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             with self.dataplane.admit("grpc"):
                 decoded = decode_request(request)
+                started = time.perf_counter()
                 response = await self.dataplane.infer(
                     request.model_name, request.model_version, decoded, "grpc"
                 )
+            # gRPC carries the same cold-start and timing headers as REST, as initial metadata.
+            await context.send_initial_metadata(
+                tuple(self.cold_start.response_headers(time.perf_counter() - started).items())
+            )
         except ServingError as e:
             await self._abort(context, e)
             return None
@@ -143,14 +151,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return out
 
 
-def build_server(dataplane: DataPlane, address: str, max_message_bytes: int) -> grpc.aio.Server:
+def build_server(
+    dataplane: DataPlane, address: str, max_message_bytes: int, cold_start: ColdStart | None = None
+) -> grpc.aio.Server:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(dataplane, cold_start or ColdStart()), server
+    )
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot listen for gRPC on {address}")
     return server

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from zeroserve_runtime.dataplane import DataPlane
 from zeroserve_runtime.errors import InvalidInput, PayloadTooLarge, ServerBusy, ServingError
 from zeroserve_runtime.metrics import RuntimeMetrics
 from zeroserve_runtime.protocol import rest_codec
+from zeroserve_runtime.protocol.headers import ColdStart
 
 log = logging.getLogger("zeroserve.runtime")
 
@@ -27,8 +29,15 @@ JSON = b"application/json"
 
 
 class RestApp:
-    def __init__(self, dataplane: DataPlane, metrics: RuntimeMetrics, max_request_bytes: int) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        metrics: RuntimeMetrics,
+        max_request_bytes: int,
+        cold_start: ColdStart | None = None,
+    ) -> None:
         self.dataplane = dataplane
+        self.cold_start = cold_start or ColdStart()
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
 
@@ -48,6 +57,8 @@ class RestApp:
                 {"content-type": "application/json"},
             )
         raw_headers = [(k.encode(), v.encode()) for k, v in headers.items()]
+        # A known length spares the chunked encoding uvicorn would otherwise use.
+        raw_headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -96,20 +107,18 @@ class RestApp:
             body = await self._read_body(receive, headers.get("content-length"))
             request = rest_codec.decode_request(body, headers.get(rest_codec.HEADER_LENGTH))
             del body  # the tensors are views of it where they can be; drop the rest early
+            started = time.perf_counter()
             response = await self.dataplane.infer(name, version, request, "rest")
         finally:
             admission.__exit__(None, None, None)
         payload, header_length = rest_codec.encode_response(response)
+        out = self.cold_start.response_headers(time.perf_counter() - started)
         if header_length is None:
-            return 200, payload, {"content-type": "application/json"}
-        return (
-            200,
-            payload,
-            {
-                "content-type": "application/octet-stream",
-                "inference-header-content-length": str(header_length),
-            },
-        )
+            out["content-type"] = "application/json"
+        else:
+            out["content-type"] = "application/octet-stream"
+            out["inference-header-content-length"] = str(header_length)
+        return 200, payload, out
 
     @staticmethod
     async def _discard_body(receive: Receive) -> None:

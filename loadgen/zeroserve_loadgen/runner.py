@@ -1,0 +1,261 @@
+"""Runs a plan with locust as a library: locally in this process, or as a locust master whose workers each
+send every n-th arrival of the same schedule.
+
+Sending is open-loop. A dispatcher greenlet sleeps until each arrival's time and hands the request to a
+pool of up to `max_in_flight` greenlets, so a slow target does not slow the arrivals down. How late each
+send left (scheduled vs sent) is recorded, so a saturated load generator shows up in the report instead of
+hiding as lower latency.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import gevent
+import gevent.event
+import gevent.pool
+from locust import User, task
+from locust.env import Environment
+
+from zeroserve_loadgen.clients import make_sender
+from zeroserve_loadgen.plan import RunPlan, Sample, Schedule, schedule
+from zeroserve_loadgen.targets import Target
+
+log = logging.getLogger("zeroserve.loadgen")
+
+PLAN, SAMPLES, DONE = "zeroserve_plan", "zeroserve_samples", "zeroserve_done"
+FLUSH_EVERY_S = 0.5
+
+
+class LoadgenError(RuntimeError):
+    """The run could not take place (no workers, no reachable target); the message says why."""
+
+
+@dataclass
+class WorkerState:
+    """What a dispatcher needs; the master fills it in over a locust message on distributed runs."""
+
+    plan: RunPlan | None = None
+    index: int = 0
+    count: int = 1
+    start_at: float = 0.0
+    ready: gevent.event.Event = field(default_factory=gevent.event.Event)
+    sink: list[Any] = field(default_factory=list)
+    finished: gevent.event.Event = field(default_factory=gevent.event.Event)
+
+
+def dispatch(state: WorkerState, request_event: Any) -> None:
+    plan = state.plan
+    assert plan is not None
+    mine: Schedule = schedule(plan).slice(state.index, state.count)
+    senders = [make_sender(t, plan.payload, request_event, plan.max_in_flight) for t in plan.targets]
+    pool = gevent.pool.Pool(plan.max_in_flight)
+    start_at, sink = state.start_at, state.sink
+    now = time.time
+
+    def fire(k: int, due: float) -> None:
+        sent = now() - start_at
+        o = senders[k].send()
+        sink.append((k, due, sent, o.latency_s, o.status, o.ok, o.cold, o.server_s, o.init_s, o.error))
+
+    for due, k in zip(mine.times.tolist(), mine.targets.tolist(), strict=True):
+        delay = start_at + due - now()
+        if delay > 0:
+            gevent.sleep(delay)
+        pool.spawn(fire, k, due)  # blocks only when max_in_flight requests are outstanding
+    pool.join()
+
+
+class Dispatcher(User):
+    """One per worker process. Its single task sends this worker's share of the schedule."""
+
+    # Not picked up by locust's own file discovery; zeroserve passes it explicitly.
+    abstract = False
+    host = "http://unused"
+
+    @task
+    def send_schedule(self) -> None:
+        state: WorkerState = self.environment.zeroserve  # type: ignore[attr-defined]
+        if not state.ready.wait(timeout=120):
+            raise LoadgenError("no plan arrived from the master within 120 s")
+        try:
+            dispatch(state, self.environment.events.request)
+        finally:
+            state.finished.set()
+        gevent.sleep(10**9)  # stay until the master stops the run; a finished task would start again
+
+
+def _environment(state: WorkerState) -> Environment:
+    env = Environment(user_classes=[Dispatcher], events=None)
+    env.zeroserve = state  # type: ignore[attr-defined]
+    return env
+
+
+def preflight(targets: list[Target], timeout_s: float = 3.0) -> dict[str, str]:
+    """Targets that do not accept a TCP connection, with the reason. A connect costs no invocation on a
+    managed function, so this is safe to do before a run that measures cold starts."""
+    problems: dict[str, str] = {}
+    for t in targets:
+        if t.kind == "oip-grpc":
+            host, _, port = t.grpc_address().rpartition(":")
+            address = (host.strip("[]"), int(port) if port.isdigit() else 0)
+        else:
+            parts = urlsplit(t.url)
+            address = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        try:
+            socket.create_connection(address, timeout=timeout_s).close()
+        except OSError as e:
+            problems[t.name] = f"cannot connect to {address[0]}:{address[1]}: {e.strerror or e}"
+    return problems
+
+
+Progress = Callable[[list[Any], float], None]
+
+
+def _samples(rows: list[Any]) -> list[Sample]:
+    return [Sample(*row) for row in rows]
+
+
+def run_local(plan: RunPlan, progress: Progress | None = None) -> list[Sample]:
+    """Everything in this process: one dispatcher, samples straight into a list."""
+    state = WorkerState(plan=plan, start_at=time.time() + 0.2)
+    state.ready.set()
+    env = _environment(state)
+    runner = env.create_local_runner()
+    runner.start(1, spawn_rate=1)
+    try:
+        _wait(state.finished, plan, state.start_at, lambda: state.sink, progress)
+    finally:
+        runner.quit()
+    return _samples(state.sink)
+
+
+def _wait(
+    done: gevent.event.Event,
+    plan: RunPlan,
+    start_at: float,
+    rows: Callable[[], list[Any]],
+    progress: Progress | None,
+) -> None:
+    deadline = start_at + plan.total_duration() + max(t.timeout_s for t in plan.targets) + 30
+    while not done.wait(timeout=0.25):
+        if progress:
+            progress(rows(), time.time() - start_at)
+        if time.time() > deadline:
+            raise LoadgenError("the run did not finish in time: requests are stuck beyond their timeouts")
+    if progress:
+        progress(rows(), time.time() - start_at)
+
+
+def run_master(
+    plan: RunPlan,
+    workers: int,
+    bind_host: str = "127.0.0.1",
+    bind_port: int = 5557,
+    spawn_local: bool = True,
+    progress: Progress | None = None,
+    connect_timeout_s: float = 60.0,
+) -> list[Sample]:
+    """A locust master with `workers` workers, started here as local processes or joined from elsewhere
+    with `zeroserve bench-worker --master-host ...`."""
+    state = WorkerState(plan=plan)
+    env = _environment(state)
+    runner = env.create_master_runner(master_bind_host=bind_host, master_bind_port=bind_port)
+    rows: list[Any] = []
+    finished: set[str] = set()
+    all_done = gevent.event.Event()
+
+    def on_samples(msg: Any, **_: Any) -> None:
+        rows.extend(msg.data)
+
+    def on_done(msg: Any, **_: Any) -> None:
+        finished.add(msg.node_id)
+        if len(finished) >= workers:
+            all_done.set()
+
+    runner.register_message(SAMPLES, on_samples)
+    runner.register_message(DONE, on_done)
+    procs = [_spawn_worker(bind_port) for _ in range(workers)] if spawn_local else []
+    try:
+        deadline = time.time() + connect_timeout_s
+        while len(runner.clients.ready) < workers:
+            if time.time() > deadline:
+                raise LoadgenError(
+                    f"only {len(runner.clients.ready)} of {workers} workers connected to the master "
+                    f"on {bind_host}:{bind_port} within {connect_timeout_s:.0f} s"
+                )
+            for p in procs:
+                if p.poll() is not None:
+                    raise LoadgenError(f"a local worker exited with status {p.returncode} before the run")
+            gevent.sleep(0.1)
+        start_at = time.time() + 1.0
+        for index, node in enumerate(runner.clients.ready[:workers]):
+            data = {
+                "plan": plan.model_dump(mode="json"),
+                "index": index,
+                "count": workers,
+                "start_at": start_at,
+            }
+            runner.send_message(PLAN, data, client_id=node.id)
+        runner.start(workers, spawn_rate=workers)
+        _wait(all_done, plan, start_at, lambda: rows, progress)
+        gevent.sleep(FLUSH_EVERY_S * 2)  # the last flushes travel behind the done messages
+    finally:
+        runner.quit()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    return _samples(rows)
+
+
+def _spawn_worker(master_port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "zeroserve_loadgen.worker",
+            "--master-host",
+            "127.0.0.1",
+            "--master-port",
+            str(master_port),
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def run_worker(master_host: str, master_port: int) -> int:
+    """A locust worker: waits for its share of the plan, sends it, streams samples back to the master."""
+    state = WorkerState()
+    env = _environment(state)
+    runner = env.create_worker_runner(master_host, master_port)
+
+    def on_plan(msg: Any, **_: Any) -> None:
+        state.plan = RunPlan.model_validate(msg.data["plan"])
+        state.index, state.count = msg.data["index"], msg.data["count"]
+        state.start_at = msg.data["start_at"]
+        state.ready.set()
+
+    def flush_forever() -> None:
+        while True:
+            finished = state.finished.wait(timeout=FLUSH_EVERY_S)
+            if state.sink:
+                batch, state.sink[:] = list(state.sink), []
+                runner.send_message(SAMPLES, batch)
+            if finished:
+                runner.send_message(DONE, None)
+                return
+
+    runner.register_message(PLAN, on_plan)
+    gevent.spawn(flush_forever)
+    runner.greenlet.join()
+    return 0

@@ -1,0 +1,57 @@
+"""Response headers every Zeroserve serving surface (server, Lambda, GCF) sets, so `zeroserve bench`
+can tell cold starts and billed time apart the same way whatever the target is."""
+
+from __future__ import annotations
+
+import threading
+
+# "1" on the first inference a process answers: that request paid for the cold start.
+COLD_START = "x-zeroserve-cold-start"
+# Seconds from process start to ready, sent together with COLD_START.
+INIT_SECONDS = "x-zeroserve-init-seconds"
+# Standard Server-Timing (W3C): "infer;dur=<ms>", the time the server spent on the request once its
+# body was in (queue and inference), what a platform that bills per request would bill.
+SERVER_TIMING = "server-timing"
+
+
+def server_timing(infer_seconds: float) -> str:
+    return f"infer;dur={infer_seconds * 1000:.3f}"
+
+
+def parse_server_timing(value: str | None) -> float | None:
+    """The `infer` duration in seconds from a Server-Timing header, or None when absent or malformed."""
+    if not value:
+        return None
+    for metric in value.split(","):
+        name, _, params = metric.strip().partition(";")
+        if name.strip() != "infer":
+            continue
+        for param in params.split(";"):
+            key, _, raw = param.strip().partition("=")
+            if key == "dur":
+                try:
+                    return float(raw) / 1000
+                except ValueError:
+                    return None
+    return None
+
+
+class ColdStart:
+    """Marks the first successful inference a process answers as the one that paid for its cold start,
+    and carries the process's start-to-ready time with it. Thread-safe: functions may serve on threads."""
+
+    def __init__(self, init_seconds: float | None = None) -> None:
+        self.init_seconds = init_seconds
+        self._pending = True
+        self._lock = threading.Lock()
+
+    def response_headers(self, server_seconds: float) -> dict[str, str]:
+        headers = {SERVER_TIMING: server_timing(server_seconds)}
+        if self._pending:
+            with self._lock:
+                first, self._pending = self._pending, False
+            if first:
+                headers[COLD_START] = "1"
+                if self.init_seconds is not None:
+                    headers[INIT_SECONDS] = f"{self.init_seconds:.3f}"
+        return headers

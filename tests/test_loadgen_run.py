@@ -1,0 +1,279 @@
+"""`zeroserve bench` for real: real locust (as a subprocess, since locust patches its process with gevent)
+against a real runtime over REST and gRPC. The report must agree with the server's own Prometheus counters
+and histograms; bad bench files and unreachable targets get clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from runtimeproc import RuntimeProcess, linear_model
+from zeroserve_loadgen.targets import BenchFileError, load_bench_file
+
+ZEROSERVE = str(Path(sys.executable).parent / "zeroserve")
+PAYLOAD = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+
+
+@pytest.fixture
+def runtime(tmp_path: Path):  # type: ignore[no-untyped-def]
+    server = RuntimeProcess(linear_model(tmp_path / "linear.onnx"), tmp_path / "runtime.log", name="linear")
+    server.start()
+    yield server
+    server.stop()
+
+
+def _write(path: Path, doc: object) -> Path:
+    path.write_text(yaml.safe_dump(doc) if not isinstance(doc, str) else doc)
+    return path
+
+
+def _bench(bench_file: Path, out: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ZEROSERVE, "bench", str(bench_file), "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _server_counts(runtime: RuntimeProcess) -> tuple[dict[str, float], dict[str, list[tuple[float, float]]]]:
+    """Successful requests by protocol, and each protocol's latency histogram as (le, cumulative count)."""
+    counts: dict[str, float] = {}
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for family in text_string_to_metric_families(runtime.metrics()):
+        for s in family.samples:
+            if s.name == "zeroserve_requests_total" and s.labels["outcome"] == "success":
+                counts[s.labels["protocol"]] = s.value
+            if s.name == "zeroserve_request_duration_seconds_bucket":
+                buckets.setdefault(s.labels["protocol"], []).append((float(s.labels["le"]), s.value))
+    return counts, buckets
+
+
+def test_report_matches_the_servers_own_counters(runtime: RuntimeProcess, tmp_path: Path) -> None:
+    bench = _write(
+        tmp_path / "bench.yaml",
+        {
+            "targets": [
+                {
+                    "name": "rest",
+                    "kind": "oip-rest",
+                    "url": runtime.url,
+                    "model": "linear",
+                    "idle_window_s": 30,
+                },
+                {"name": "grpc", "kind": "oip-grpc", "url": runtime.grpc_address, "model": "linear"},
+            ],
+            "payload": PAYLOAD,
+            "workload": {
+                "type": "mmpp",
+                "rates": [20, 120],
+                "mean_sojourn_s": [1.5, 1],
+                "duration_s": 4,
+                "seed": 4,
+            },
+        },
+    )
+    out = tmp_path / "out"
+    result = _bench(bench, out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((out / "report.json").read_text())
+    by_name = {t["name"]: t for t in report["targets"]}
+    counts, buckets = _server_counts(runtime)
+
+    for name in ("rest", "grpc"):
+        t = by_name[name]
+        assert t["requests"] > 50
+        assert t["successes"] == t["requests"], t["errors"]
+        # Every request the report counts as a success, the server counted as one: no more, no less.
+        assert counts[name] == t["successes"]
+
+    # The fresh server's first answer paid its cold start, and said so on exactly one request.
+    samples = list(csv.DictReader((out / "samples.csv").open()))
+    cold = [s for s in samples if s["cold"] == "True"]
+    assert len(cold) == 1 and float(cold[0]["init_s"]) > 0
+    assert by_name["rest"]["cold_by_gap"] == 1, "the first request of the run follows an unknown idle time"
+
+    # Client latency contains the server's: per request via Server-Timing, and as distributions.
+    for s in samples:
+        assert float(s["server_s"]) <= float(s["latency_s"])
+    for name in ("rest", "grpc"):
+        lat = sorted(float(s["latency_s"]) for s in samples if s["target"] == name)
+        total = buckets[name][-1][1]
+        for le, cumulative in buckets[name]:
+            client_share = sum(v <= le for v in lat) / len(lat)
+            assert client_share <= cumulative / total + 1e-9, f"{name}: more clients than server under {le}s"
+
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2
+    summary = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["target"] for r in summary] == ["rest", "grpc"]
+    assert float(summary[0]["cost_per_1m_usd"]) > 0
+
+
+def test_distributed_workers_split_the_same_schedule(runtime: RuntimeProcess, tmp_path: Path) -> None:
+    bench = _write(
+        tmp_path / "bench.yaml",
+        {
+            "targets": [{"name": "rest", "kind": "oip-rest", "url": runtime.url, "model": "linear"}],
+            "payload": PAYLOAD,
+            "workload": {"type": "constant", "rate": 100, "duration_s": 3, "arrival": "uniform"},
+        },
+    )
+    out = tmp_path / "out"
+    result = _bench(bench, out, "--workers", "2", "--master-port", str(_free()))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["workers"] == 2
+    (t,) = report["targets"]
+    assert t["requests"] == t["successes"] == 300
+    counts, _ = _server_counts(runtime)
+    assert counts["rest"] == 300
+
+
+def _free() -> int:
+    from controlplane import free_port
+
+    return free_port()
+
+
+def test_unreachable_target_is_named_and_the_others_still_reported(
+    runtime: RuntimeProcess, tmp_path: Path
+) -> None:
+    bench = _write(
+        tmp_path / "bench.yaml",
+        {
+            "targets": [
+                {"name": "up", "kind": "oip-rest", "url": runtime.url, "model": "linear"},
+                {"name": "down", "kind": "gcf", "url": f"http://127.0.0.1:{_free()}", "model": "linear"},
+            ],
+            "payload": PAYLOAD,
+            "workload": {"type": "constant", "rate": 20, "duration_s": 1},
+        },
+    )
+    out = tmp_path / "out"
+    result = _bench(bench, out)
+    assert result.returncode == 1
+    assert "target down: cannot connect to 127.0.0.1" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    by_name = {t["name"]: t for t in report["targets"]}
+    assert by_name["up"]["successes"] > 0
+    assert by_name["down"]["requests"] == 0 and "cannot connect" in by_name["down"]["unreachable"]
+    assert any("down: not run" in w for w in report["warnings"])
+
+
+def test_errors_from_the_target_are_failures_with_their_reason(
+    runtime: RuntimeProcess, tmp_path: Path
+) -> None:
+    bench = _write(
+        tmp_path / "bench.yaml",
+        {
+            "targets": [{"name": "wrong", "kind": "oip-rest", "url": runtime.url, "model": "linear"}],
+            "payload": {
+                "inputs": [{"name": "nope", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]
+            },
+            "workload": {"type": "constant", "rate": 20, "duration_s": 1},
+        },
+    )
+    result = _bench(bench, tmp_path / "out")
+    assert result.returncode == 1
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    (t,) = report["targets"]
+    assert t["requests"] > 0 and t["successes"] == 0
+    (error,) = t["errors"]
+    assert error.startswith("HTTP 400") and "nope" in error
+
+
+BAD_FILES = [
+    ("targets: []\npayload: {inputs: [{name: x, datatype: FP32, shape: [1], data: [1]}]}\n", "targets"),
+    ("targets: [{name: a, kind: oip-rest, model: m}]\npayload: {}\n", "targets[0] (a).url: Field required"),
+    ("targets: [{name: a, kind: ftp, url: 'http://x', model: m}]\npayload: p.json\n", "targets[0] (a).kind"),
+    (
+        "targets: [{name: a, kind: gcf, url: 'http://x', model: m, auth: {type: sigv4, region: eu-west-1}}]\n"
+        "payload: p.json\n",
+        "sigv4 is for lambda-url targets",
+    ),
+    (
+        "targets: [{name: a, kind: lambda-url, url: 'https://x', model: m, auth: {type: sigv4}}]\n"
+        "payload: p.json\n",
+        "targets[0] (a).auth.region: Field required",
+    ),
+    (
+        "targets: [{name: a, kind: oip-rest, url: 'grpc://x:1', model: m}]\npayload: p.json\n",
+        "http:// or https://",
+    ),
+    (
+        "targets: [{name: a, kind: oip-rest, url: 'http://x', model: m}, "
+        "{name: a, kind: gcf, url: 'http://y', model: m}]\npayload: p.json\n",
+        "duplicate names ['a']",
+    ),
+    (
+        "targets: [{name: a, kind: oip-rest, url: 'http://x', model: m, "
+        "pricing: {model: node, preset: huge}}]\npayload: p.json\n",
+        "unknown preset 'huge'",
+    ),
+    (
+        "targets: [{name: a, kind: oip-rest, url: 'http://x', model: m}]\npayload: missing.json\n",
+        "does not exist",
+    ),
+    (
+        "targets: [{name: a, kind: oip-rest, url: 'http://x', model: m}]\npayload: {inputs: []}\n",
+        "non-empty 'inputs'",
+    ),
+    (
+        "targets: [{name: a, kind: oip-rest, url: 'http://x', model: m}]\npayload: {inputs: [{name: x}]}\n",
+        "inputs[0] lacks datatype, shape, data",
+    ),
+    (
+        "targets: [{name: a, kind: oip-rest, url: 'http://x', model: m}]\npayload: p.json\n"
+        "workload: {type: mmpp, rates: [1, 2], duration_s: 5}\n",
+        "workload.mean_sojourn_s: Field required",
+    ),
+    ("targets: [oops\n", "not valid YAML"),
+    ("- a\n- b\n", "expected a mapping"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_FILES, ids=[m for _, m in BAD_FILES])
+def test_bad_bench_files_name_the_field(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "p.json").write_text(json.dumps(PAYLOAD))
+    path = _write(tmp_path / "bench.yaml", text)
+    with pytest.raises(BenchFileError) as e:
+        load_bench_file(path)
+    assert message in str(e.value)
+    assert str(path) in str(e.value)
+
+
+def test_bad_bench_file_on_the_command_line(tmp_path: Path) -> None:
+    path = _write(tmp_path / "bench.yaml", "targets: [{name: a, kind: oip-rest, model: m}]\npayload: {}\n")
+    result = _bench(path, tmp_path / "out")
+    assert result.returncode == 2
+    assert "targets[0] (a).url: Field required" in result.stdout
+    assert not (tmp_path / "out").exists(), "nothing is written for a file that cannot run"
+
+
+def test_missing_bearer_token_is_named(tmp_path: Path, runtime: RuntimeProcess) -> None:
+    path = _write(
+        tmp_path / "bench.yaml",
+        {
+            "targets": [
+                {
+                    "name": "private",
+                    "kind": "gcf",
+                    "url": runtime.url,
+                    "model": "linear",
+                    "auth": {"type": "bearer", "token_env": "ZEROSERVE_TEST_NO_SUCH_TOKEN"},
+                }
+            ],
+            "payload": PAYLOAD,
+            "workload": {"type": "constant", "rate": 5, "duration_s": 1},
+        },
+    )
+    result = _bench(path, tmp_path / "out")
+    assert result.returncode == 2
+    assert "ZEROSERVE_TEST_NO_SUCH_TOKEN is not set" in result.stdout
