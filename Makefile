@@ -6,11 +6,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test lint pytest setup control-plane cluster-up bench-controlplane bench-operator bench-runtime crd clean
+.PHONY: quickstart test lint pytest setup control-plane cluster-up bench-controlplane bench-operator bench-runtime bench-loadgen crd clean
 
 ## quickstart: install Zeroserve and run its main job on the embedded default
 quickstart: $(STAMP)
-	$(BIN)/zeroserve --help
+	$(BIN)/zeroserve quickstart
 
 ## test: build the control plane, install, lint, and run the whole test suite
 test: $(STAMP) control-plane lint pytest
@@ -51,6 +51,10 @@ bench-operator: $(STAMP) control-plane
 ## bench-runtime: the runtime server vs raw onnxruntime (needs wrk: apt-get install wrk)
 bench-runtime: $(STAMP)
 	$(BIN)/python bench/runtime_throughput.py
+
+## bench-loadgen: the load generator vs wrk and bare locust on nginx (apt-get install nginx-light wrk)
+bench-loadgen: $(STAMP)
+	$(BIN)/python bench/loadgen_throughput.py
 
 ## crd: regenerate crds/ from the pydantic models
 crd: $(STAMP)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds etcd, kube-apiserver, kube-controller-manager, kubectl and helm from their Go modules at the
 # versions pinned in hack/versions.env, into a cache outside git, and fetches the Knative Serving module
-# whose CRDs the tests install. Binaries whose --version already matches the pin are reused.
+# whose CRDs the tests install. Binaries whose --version already matches the pin are reused. Also builds
+# the AWS Lambda Runtime Interface Emulator (aws-lambda-rie), which the function tests run under.
 #
 #   hack/build-control-plane.sh          build what is missing or stale, print the bin directory
 #   ZEROSERVE_CACHE_DIR=...              where to build (default: ~/.cache/zeroserve)
@@ -90,6 +91,21 @@ build_helm() {
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 }
 
+# aws-lambda-rie has no --version (unknown flags are passed on to the runtime it starts), so a stamp file
+# beside it records the pin it was built at.
+build_rie() {
+  local stamp="$bin/.aws-lambda-rie.version"
+  if [[ -x "$bin/aws-lambda-rie" && "$(cat "$stamp" 2>/dev/null)" == "$LAMBDA_RIE_VERSION" ]]; then
+    log "aws-lambda-rie $LAMBDA_RIE_VERSION: up to date"; return
+  fi
+  log "aws-lambda-rie $LAMBDA_RIE_VERSION: building"
+  rm -f "$stamp"
+  # No replace directives in its go.mod, so `go install` builds it directly; static, as upstream's Makefile.
+  CGO_ENABLED=0 GOBIN="$bin" go install -trimpath -ldflags "-s -w" \
+    "github.com/aws/aws-lambda-runtime-interface-emulator/cmd/aws-lambda-rie@$LAMBDA_RIE_VERSION"
+  echo "$LAMBDA_RIE_VERSION" >"$stamp"
+}
+
 fetch_knative() {
   local dir
   dir=$(cd "$src" && go mod download -json "knative.dev/serving@$KNATIVE_SERVING_VERSION" |
@@ -102,6 +118,7 @@ start=$SECONDS
 build_etcd
 build_helm
 build_kubernetes
+build_rie
 fetch_knative
 log "done in $((SECONDS - start))s"
 echo "$bin"

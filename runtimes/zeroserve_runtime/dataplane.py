@@ -8,14 +8,14 @@ from collections.abc import Iterator
 
 from zeroserve import __version__
 from zeroserve_runtime.batching import Admission, Batcher
-from zeroserve_runtime.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerBusy, ServingError
+from zeroserve_runtime.errors import InvalidInput, ModelNotReady, ServerBusy, ServingError
+from zeroserve_runtime.inference import build_response, check_served, wanted_outputs
 from zeroserve_runtime.metrics import RuntimeMetrics
 from zeroserve_runtime.model import OnnxModel
 from zeroserve_runtime.protocol.tensors import InferRequest, InferResponse
 
 SERVER_NAME = "zeroserve"
 EXTENSIONS = ["binary_tensor_data", "model_repository/readonly", "statistics/prometheus"]
-MODEL_VERSION = "1"
 
 
 class DataPlane:
@@ -42,9 +42,7 @@ class DataPlane:
         return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
 
     def _model(self, name: str, version: str | None) -> OnnxModel:
-        if name != self.model_name or version not in (None, "", MODEL_VERSION):
-            shown = name if not version else f"{name} version {version}"
-            raise ModelNotFound(f"model '{shown}' is not served here; this server serves '{self.model_name}'")
+        check_served(self.model_name, name, version)
         if self.model is None:
             raise ModelNotReady(f"model '{name}' is still loading")
         return self.model
@@ -100,24 +98,7 @@ class DataPlane:
     async def _infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
         model = self._model(name, version)
         # While draining, requests still arriving on open connections are served: none is lost.
-        model.check(request.inputs, request.datatypes)
-        wanted = [o.name for o in request.outputs] if request.outputs else model.output_names
-        unknown = [n for n in wanted if n not in model.output_names]
-        if unknown:
-            raise InvalidInput(
-                f"unknown output {', '.join(repr(u) for u in unknown)}; model '{name}' has "
-                f"{', '.join(repr(n) for n in model.output_names)}"
-            )
+        wanted = wanted_outputs(model, name, request)
         assert self.batcher is not None
         results = await self.batcher.infer(request.inputs)
-        by_name = dict(zip(model.output_names, results, strict=True))
-        binary = {o.name: o.binary or request.binary_outputs for o in request.outputs or []}
-        if not request.outputs:
-            binary = dict.fromkeys(wanted, request.binary_outputs)
-        return InferResponse(
-            model_name=name,
-            model_version=MODEL_VERSION,
-            outputs={n: by_name[n] for n in wanted},
-            id=request.id,
-            binary=binary,
-        )
+        return build_response(model, name, request, wanted, results)
