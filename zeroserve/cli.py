@@ -32,8 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in[:1] == ["serve"]:
+        # The runtime's cold start is on the clock from process start: skip building every other
+        # subcommand's parser (and what they import) on the way to it.
+        from zeroserve_runtime import cli as runtime_cli
+
+        return runtime_cli.run(argparse.Namespace(extra=args_in[1:]))
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(args_in)
     if extra and not getattr(args, "passthrough", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
