@@ -19,7 +19,7 @@ from zeroserve_loadgen.pricing import (
     NodePricing,
     cost_per_million,
 )
-from zeroserve_loadgen.report import cold_flags, summarize
+from zeroserve_loadgen.summary import Report, cold_flags, summarize
 from zeroserve_loadgen.targets import Target
 from zeroserve_loadgen.workloads import MMPP, Constant, Sporadic, Steps
 
@@ -109,8 +109,8 @@ def test_sporadic_bursts_all_start_cold() -> None:
     for b in range(4):
         start = b * 32 + 30
         assert ((times >= start) & (times < start + 2)).sum() > 10
-    samples = [Sample(0, t, t, 0.01, 200, True, False, -1, -1, "") for t in times]
-    _, by_gap = cold_flags(samples, idle_window_s=20)
+    samples = [Sample(0, t, t, 0.01, 200, True, False, -1, -1, -1, "") for t in times]
+    _, by_gap = cold_flags(samples, _target(idle_window_s=20))
     assert by_gap.sum() == 4, "each burst's first request follows an idle gap longer than the window"
 
 
@@ -162,30 +162,70 @@ def test_worker_slices_partition_the_schedule() -> None:
 def test_cold_by_gap_counts_idle_from_the_end_of_the_last_request() -> None:
     # sent, latency: the third request follows the second's *end* by 0.5 s only, though its send is 5 s later.
     rows = [(0.0, 0.1), (1.0, 4.5), (6.0, 0.1), (20.0, 0.1)]
-    samples = [Sample(0, s, s, lat, 200, True, False, -1, -1, "") for s, lat in rows]
-    _, gap = cold_flags(samples, idle_window_s=3)
+    samples = [Sample(0, s, s, lat, 200, True, False, -1, -1, -1, "") for s, lat in rows]
+    _, gap = cold_flags(samples, _target(idle_window_s=3))
     assert gap.tolist() == [True, False, False, True]
-    _, none = cold_flags(samples, idle_window_s=None)
+    _, none = cold_flags(samples, _target())
     assert not none.any()
+
+
+def test_cold_header_counts_only_when_the_request_waited_for_the_start() -> None:
+    def first(age: float) -> Sample:
+        return Sample(0, 0.0, 0.0, 0.5, 200, True, True, 0.01, 1.5, age, "")
+
+    target = _target(cold_start_max_ready_age_s=2)
+    header, _ = cold_flags([first(0.02), first(1.9), first(30.0), first(-1)], target)
+    # Held until ready (Knative's activator, Lambda): cold. Started long before (a readiness check,
+    # pre-warming): not cold. A target that does not say how long: trusted.
+    assert header.tolist() == [True, True, False, True]
+    # Either way the init is billed once, with the first answer.
+    late = summarize(_target(pricing={"model": "lambda", "memory_mb": 1024}), [first(30.0)], (0, 10), 1)
+    assert late.cold_by_header == 0
+    assert late.cost_per_1m_usd == pytest.approx((0.01 + 1.5) * 0.0000166667 * 1e6 + 0.2)
 
 
 def test_summary_separates_cold_and_warm_and_counts_failures() -> None:
     samples = [
-        Sample(0, 0.0, 0.0, 1.5, 200, True, True, 0.010, 1.2, ""),  # cold by header
-        *[Sample(0, t, t, 0.020, 200, True, False, 0.004, -1, "") for t in np.arange(1, 10, 0.5)],
-        Sample(0, 9.6, 9.6, 0.001, 503, False, False, -1, -1, "HTTP 503: busy"),
-        Sample(0, 9.7, 9.7, 2.0, 0, False, False, -1, -1, "ConnectionRefusedError"),
+        Sample(0, 0.0, 0.0, 1.5, 200, True, True, 0.010, 1.2, 0.05, ""),  # cold by header
+        *[Sample(0, t, t, 0.020, 200, True, False, 0.004, -1, -1, "") for t in np.arange(1, 10, 0.5)],
+        Sample(0, 9.6, 9.6, 0.001, 503, False, False, -1, -1, -1, "HTTP 503: busy"),
+        Sample(0, 9.7, 9.7, 2.0, 0, False, False, -1, -1, -1, "ConnectionRefusedError"),
     ]
-    r = summarize(_target(), samples, wall_s=10)
-    assert r.requests == 21 and r.successes == 19
+    r = summarize(_target(), samples, (0.0, 10.0), planned=22)
+    assert r.requests == 21 and r.successes == 19 and r.planned == 22
     assert r.success_ratio == pytest.approx(19 / 21)
-    assert r.throughput_rps == pytest.approx(1.9)
+    # The last request ended 1.7 s after the planned window: the run held the target that long.
+    assert r.wall_s == pytest.approx(11.7)
+    assert r.throughput_rps == pytest.approx(19 / 11.7)
     assert r.cold_starts == r.cold_by_header == 1 and r.cold_by_gap == 0
     assert r.cold_latency_ms["p50"] == pytest.approx(1500)
     assert r.warm_latency_ms["max"] == pytest.approx(20)
     assert r.latency_ms["max"] == pytest.approx(1500), "failures are not in the latency figures"
     assert r.server_ms_p50 == pytest.approx(4)
     assert r.errors == {"HTTP 503: busy": 1, "ConnectionRefusedError": 1}
+
+
+def test_report_redacts_secrets_and_warns_about_what_did_not_happen() -> None:
+    target = Target(
+        name="t",
+        kind="oip-rest",
+        url="http://user:hunter2@127.0.0.1:9/",
+        model="m",
+        headers={"x-api-key": "s3cr3t"},
+    )
+    plan = RunPlan(targets=[target], payload=PAYLOAD, workload=Constant(rate=1, duration_s=1))
+    # 19 sends on time and one held back 1.5 s: too few to be saturation, but held back all the same.
+    samples = [Sample(0, t, t, 0.01, 200, True, False, -1, -1, -1, "") for t in np.arange(19) / 20]
+    samples.append(Sample(0, 0.2, 1.7, 0.01, 200, True, False, -1, -1, -1, ""))
+    r = summarize(target, samples, (0, 1), planned=21)
+    report = Report(plan, [r], samples, run_errors=["worker w1: RuntimeError: boom"])
+    text = str(report.to_dict())
+    assert "s3cr3t" not in text and "hunter2" not in text
+    assert "127.0.0.1:9" in text and "x-api-key" in text
+    warnings = report.warnings()
+    assert warnings[0] == "worker w1: RuntimeError: boom"
+    assert "t: only 20 of 21 planned requests were sent" in warnings
+    assert any("1.5 s late" in w for w in warnings)
 
 
 # -- pricing ------------------------------------------------------------------------------------------------
@@ -252,7 +292,7 @@ def test_pricing_defaults_follow_the_target_kind() -> None:
 def test_pure_modules_do_not_import_locust() -> None:
     """locust patches the process with gevent on import: only a bench run may do that, never the CLI."""
     code = (
-        "import sys, zeroserve.cli, zeroserve_loadgen.report, zeroserve_loadgen.targets;"
+        "import sys, zeroserve.cli, zeroserve_loadgen.summary, zeroserve_loadgen.targets;"
         "zeroserve.cli.build_parser(); print('locust' in sys.modules, 'gevent' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

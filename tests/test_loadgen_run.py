@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,7 +97,7 @@ def test_report_matches_the_servers_own_counters(runtime: RuntimeProcess, tmp_pa
     # The fresh server's first answer paid its cold start, and said so on exactly one request.
     samples = list(csv.DictReader((out / "samples.csv").open()))
     cold = [s for s in samples if s["cold"] == "True"]
-    assert len(cold) == 1 and float(cold[0]["init_s"]) > 0
+    assert len(cold) == 1 and float(cold[0]["init_s"]) > 0 and float(cold[0]["ready_age_s"]) > 0
     assert by_name["rest"]["cold_by_gap"] == 1, "the first request of the run follows an unknown idle time"
 
     # Client latency contains the server's: per request via Server-Timing, and as distributions.
@@ -234,6 +235,10 @@ BAD_FILES = [
         "workload: {type: mmpp, rates: [1, 2], duration_s: 5}\n",
         "workload.mean_sojourn_s: Field required",
     ),
+    (
+        "targets: [{name: a, kind: oip-rest, url: 'http://x', model: m}]\npayload: p.json\n",
+        "workload: Field required",
+    ),
     ("targets: [oops\n", "not valid YAML"),
     ("- a\n- b\n", "expected a mapping"),
 ]
@@ -242,6 +247,8 @@ BAD_FILES = [
 @pytest.mark.parametrize(("text", "message"), BAD_FILES, ids=[m for _, m in BAD_FILES])
 def test_bad_bench_files_name_the_field(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "p.json").write_text(json.dumps(PAYLOAD))
+    if "workload" not in message and text.startswith("targets:") and "workload:" not in text:
+        text += "workload: {type: constant, rate: 1, duration_s: 1}\n"
     path = _write(tmp_path / "bench.yaml", text)
     with pytest.raises(BenchFileError) as e:
         load_bench_file(path)
@@ -277,3 +284,100 @@ def test_missing_bearer_token_is_named(tmp_path: Path, runtime: RuntimeProcess) 
     result = _bench(path, tmp_path / "out")
     assert result.returncode == 2
     assert "ZEROSERVE_TEST_NO_SUCH_TOKEN is not set" in result.stdout
+
+
+def test_sequential_mode_runs_targets_one_after_another(runtime: RuntimeProcess, tmp_path: Path) -> None:
+    bench = _write(
+        tmp_path / "bench.yaml",
+        {
+            "targets": [
+                {"name": "first", "kind": "oip-rest", "url": runtime.url, "model": "linear"},
+                {"name": "second", "kind": "oip-grpc", "url": runtime.grpc_address, "model": "linear"},
+            ],
+            "payload": PAYLOAD,
+            "workload": {"type": "constant", "rate": 40, "duration_s": 1.5, "arrival": "uniform"},
+        },
+    )
+    out = tmp_path / "out"
+    result = _bench(bench, out, "--mode", "sequential", "--gap", "0.5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    samples = list(csv.DictReader((out / "samples.csv").open()))
+    first = [float(s["sent_s"]) for s in samples if s["target"] == "first"]
+    second = [float(s["sent_s"]) for s in samples if s["target"] == "second"]
+    assert len(first) == len(second) == 60
+    assert max(first) < 1.5 + 0.1 and min(second) >= 2.0 - 0.01, "the second window starts after the gap"
+
+
+def test_secrets_stay_out_of_every_output(runtime: RuntimeProcess, tmp_path: Path) -> None:
+    token, key = "tok-e7d1c2b9", "key-3f9a0c55"
+    bench = _write(
+        tmp_path / "bench.yaml",
+        {
+            "targets": [
+                {
+                    "name": "private",
+                    "kind": "gcf",
+                    "url": runtime.url,
+                    "model": "linear",
+                    "auth": {"type": "bearer", "token_env": "ZEROSERVE_TEST_TOKEN"},
+                    "headers": {"x-api-key": key},
+                }
+            ],
+            "payload": PAYLOAD,
+            "workload": {"type": "constant", "rate": 10, "duration_s": 1},
+        },
+    )
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [ZEROSERVE, "bench", str(bench), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "ZEROSERVE_TEST_TOKEN": token},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for path in [*out.iterdir(), None]:
+        text = path.read_text() if path else result.stdout + result.stderr
+        assert token not in text and key not in text, path
+
+
+SENDER_FAILS_ONCE = """
+import sys, time
+import locust  # patches the process first, as the CLI does
+from zeroserve_loadgen import clients
+from zeroserve_loadgen.plan import RunPlan
+from zeroserve_loadgen.runner import run_local
+from zeroserve_loadgen.targets import Target
+from zeroserve_loadgen.workloads import Constant
+
+calls = 0
+send = clients.RestSender.send
+
+def flaky(self):
+    global calls
+    calls += 1
+    if calls == 5:
+        raise RuntimeError("boom")
+    return send(self)
+
+clients.RestSender.send = flaky
+plan = RunPlan(
+    targets=[Target(name="t", kind="oip-rest", url=sys.argv[1], model="linear")],
+    payload={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]},
+    workload=Constant(rate=40, duration_s=1, arrival="uniform"),
+)
+outcome = run_local(plan)
+errors = [s.error for s in outcome.samples if s.error]
+print(len(outcome.samples), errors, outcome.errors)
+"""
+
+
+def test_a_failing_send_costs_one_sample_not_the_run(runtime: RuntimeProcess, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SENDER_FAILS_ONCE, runtime.url], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "40 ['RuntimeError: boom'] []"
+    # Nothing is sent again after the run: the schedule ran once.
+    counts, _ = _server_counts(runtime)
+    assert counts["rest"] == 39

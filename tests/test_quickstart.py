@@ -4,6 +4,7 @@ running afterwards, also after Ctrl-C."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import signal
@@ -54,9 +55,15 @@ def test_quickstart_end_to_end(tmp_path: Path, control_plane, modelservice_crd, 
     assert set(targets) == {"zeroserve", "gcf", "lambda"}
     for name, t in targets.items():
         assert t["requests"] > 10 and t["success_ratio"] == 1.0, (name, t["errors"])
-        # Each target was started for this run: its first answer says it paid the cold start.
-        assert t["cold_by_header"] == 1, name
-        assert t["cold_latency_ms"]["p50"] is not None
+    samples = list(csv.DictReader((out / "samples.csv").open()))
+    for name, t in targets.items():
+        # Each fresh process flags its first answer and bills its init with it, once...
+        (first,) = [s for s in samples if s["target"] == name and s["cold"] == "True"]
+        assert float(first["init_s"]) > 0, name
+        # ...but the readiness check had started it ahead of the bench: the report counts it as a cold
+        # start only if it came within the default 2 s of ready, as a request held for the start would.
+        waited = float(first["ready_age_s"]) <= 2.0
+        assert t["cold_by_header"] == int(waited), (name, first["ready_age_s"])
         assert t["cost_per_1m_usd"] > 0
     assert {t["kind"] for t in targets.values()} == {"oip-rest", "gcf", "lambda-url"}
     assert (out / "report.html").stat().st_size > 10_000

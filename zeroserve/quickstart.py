@@ -98,6 +98,17 @@ def infer_request(x: Any) -> dict[str, Any]:
     }
 
 
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when the quickstart dies, however it dies (SIGTERM, SIGKILL), so a
+    killed quickstart leaves nothing running; Ctrl-C and errors are handled by `Processes.stop`."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class Processes:
     """Children started by the quickstart; all stopped on exit, whatever the exit."""
 
@@ -106,10 +117,15 @@ class Processes:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"{name}.log").open("wb")
-        proc = subprocess.Popen(
-            argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
+        with (self.logs / f"{name}.log").open("wb") as log:
+            proc = subprocess.Popen(
+                argv,
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
         self.procs.append((name, proc))
         return proc
 
@@ -302,8 +318,12 @@ def _step(console: Any, n: int, text: str) -> Iterator[None]:
 
 
 def run(out: Path, duration: float, seed: int, console: Any) -> int:
-    from zeroserve_loadgen import report as reports
+    import urllib.error
+
+    from zeroserve_loadgen import render
     from zeroserve_loadgen.bench import BenchOptions, run_bench
+    from zeroserve_loadgen.runner import LoadgenError
+    from zeroserve_loadgen.targets import BenchFileError
     from zeroserve_loadgen.workloads import MMPP
 
     started = time.monotonic()
@@ -338,7 +358,7 @@ def run(out: Path, duration: float, seed: int, console: Any) -> int:
                     f"      {name:<10} accuracy {acc:.1%}, identical to scikit-learn", highlight=False
                 )
         with _step(console, 5, "report"):
-            reports.print_table(result.report, console)
+            render.print_table(result.report, console)
             console.print(f"      HTML report: {result.paths['html']}", highlight=False)
             console.print(f"      JSON {result.paths['json']}, CSV {result.paths['csv']}", highlight=False)
             console.print(f"      re-run it: zeroserve bench {out / 'bench.yaml'}", highlight=False)
@@ -347,8 +367,8 @@ def run(out: Path, duration: float, seed: int, console: Any) -> int:
             (out / "modelservice.yaml").write_text(text)
             console.print(text, highlight=False, markup=False)
             console.print(f"      saved as {out / 'modelservice.yaml'}", highlight=False)
-    except QuickstartError as e:
-        console.print(f"[red]quickstart failed:[/] {e}", highlight=False)
+    except (QuickstartError, LoadgenError, BenchFileError, urllib.error.URLError, OSError) as e:
+        console.print(f"[red]quickstart failed:[/] {e}; logs in {work}", highlight=False)
         return 1
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; stopping what the quickstart started[/]")

@@ -11,11 +11,12 @@ from typing import Any
 
 from rich.console import Console
 
-from zeroserve_loadgen import report as reports
-from zeroserve_loadgen.clients import check_auth
+from zeroserve_loadgen import render
+from zeroserve_loadgen.clients import check_targets
 from zeroserve_loadgen.plan import Mode, RunPlan, schedule
 from zeroserve_loadgen.progress import RunProgress
 from zeroserve_loadgen.runner import LoadgenError, preflight, run_local, run_master
+from zeroserve_loadgen.summary import Report, TargetReport, build_report
 from zeroserve_loadgen.targets import Target
 from zeroserve_loadgen.workloads import Workload
 
@@ -34,13 +35,20 @@ class BenchOptions:
 
 @dataclass
 class BenchResult:
-    report: reports.Report
+    report: Report
     paths: dict[str, Path]
     unreachable: dict[str, str]
+    errors: list[str]
 
     @property
     def ok(self) -> bool:
-        return not self.unreachable and all(t.successes for t in self.report.targets)
+        complete = all(t.requests == t.planned for t in self.report.targets if not t.unreachable)
+        return (
+            not self.unreachable
+            and not self.errors
+            and complete
+            and all(t.successes for t in self.report.targets)
+        )
 
 
 def run_bench(
@@ -50,7 +58,7 @@ def run_bench(
     options: BenchOptions,
     console: Console,
 ) -> BenchResult:
-    check_auth(targets)
+    check_targets(targets, payload)
     unreachable = preflight(targets)
     for name, why in unreachable.items():
         console.print(f"[red]error:[/] target {name}: {why}; it is left out of the run")
@@ -67,14 +75,15 @@ def run_bench(
         gap_s=options.gap_s,
         max_in_flight=options.max_in_flight,
     )
-    planned = len(schedule(plan).times)
+    sched = schedule(plan)
+    planned = len(sched.times)
     console.print(
         f"bench: {len(reachable)} target(s), {planned} requests over {plan.total_duration():.0f} s, "
         f"{options.mode}, {'in this process' if not options.workers else f'{options.workers} workers'}"
     )
     with RunProgress(plan, planned, console) as progress:
         if options.workers:
-            samples = run_master(
+            outcome = run_master(
                 plan,
                 options.workers,
                 bind_host=options.master_host,
@@ -83,12 +92,14 @@ def run_bench(
                 progress=progress,
             )
         else:
-            samples = run_local(plan, progress=progress)
-    report = reports.build_report(plan, samples, {}, workers=max(options.workers, 1))
+            outcome = run_local(plan, progress=progress)
+    for error in outcome.errors:
+        console.print(f"[red]error:[/] {error}", highlight=False)
+    per_target = [int((sched.targets == k).sum()) for k in range(len(reachable))]
+    report = build_report(plan, outcome.samples, per_target, outcome.workers, outcome.errors)
     # Left-out targets still get a row, saying why.
     for t in targets:
         if t.name in unreachable:
-            row = reports.TargetReport(t.name, t.kind, t.url, unreachable=unreachable[t.name])
-            report.targets.append(row)
-    paths = reports.write_all(report, options.out_dir) if options.out_dir else {}
-    return BenchResult(report, paths, unreachable)
+            report.targets.append(TargetReport(t.name, t.kind, t.url, unreachable=unreachable[t.name]))
+    paths = render.write_all(report, options.out_dir) if options.out_dir else {}
+    return BenchResult(report, paths, unreachable, outcome.errors)

@@ -63,9 +63,10 @@ def _workload_with_overrides(workload: Any, duration: float | None, seed: int | 
 
 
 def _bench(args: Any) -> int:
+    from pydantic import ValidationError
     from rich.console import Console
 
-    from zeroserve_loadgen import report as reports
+    from zeroserve_loadgen import render
     from zeroserve_loadgen.bench import BenchOptions, run_bench
     from zeroserve_loadgen.runner import LoadgenError
     from zeroserve_loadgen.targets import BenchFileError, load_bench_file
@@ -75,8 +76,6 @@ def _bench(args: Any) -> int:
         console.width = 150  # logs and CI: keep the table's columns readable
     try:
         bench, payload = load_bench_file(args.bench_file)
-        if bench.workload is None:
-            raise BenchFileError(f"{args.bench_file}: workload: missing (constant, step, mmpp or sporadic)")
         workload = _workload_with_overrides(bench.workload, args.duration, args.seed)
         options = BenchOptions(
             mode=args.mode,
@@ -92,7 +91,12 @@ def _bench(args: Any) -> int:
     except (BenchFileError, LoadgenError) as e:
         console.print(f"[red]error:[/] {e}", highlight=False)
         return 2
-    reports.print_table(result.report, console)
+    except ValidationError as e:  # a command-line override the workload or the plan refuses
+        for err in e.errors(include_url=False):
+            where = ".".join(str(p) for p in err["loc"][-1:])
+            console.print(f"[red]error:[/] {where}: {err['msg']}", highlight=False)
+        return 2
+    render.print_table(result.report, console)
     for kind, path in result.paths.items():
         console.print(f"  {kind}: {path}")
     return 0 if result.ok else 1

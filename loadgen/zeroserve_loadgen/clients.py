@@ -16,16 +16,17 @@ from zeroserve_runtime.protocol import headers as zh
 from zeroserve_loadgen.targets import BearerAuth, BenchFileError, SigV4Auth, Target
 
 # Response headers are matched case-insensitively; these are the lowercase names.
-_COLD, _INIT, _TIMING = zh.COLD_START, zh.INIT_SECONDS, zh.SERVER_TIMING
+_COLD, _INIT, _AGE, _TIMING = zh.COLD_START, zh.INIT_SECONDS, zh.READY_AGE, zh.SERVER_TIMING
 
 
 class Outcome(NamedTuple):
     status: int  # HTTP status, 0 when no response came back (connection error, timeout)
     ok: bool
     latency_s: float
-    cold: bool  # the target said this request paid for a cold start
+    cold: bool  # the target said this was the first answer of a fresh process
     server_s: float  # the target's own inference time, -1 when it did not say
     init_s: float  # process start to ready, reported with the cold-start header; -1 otherwise
+    ready_age_s: float  # how long after ready the request arrived, with the cold-start header; -1 otherwise
     error: str
 
 
@@ -90,6 +91,7 @@ class RestSender:
                 (h.get(_COLD) or "") == "1",
                 zh.parse_server_timing(h.get(_TIMING)) or -1.0,
                 _header_float(h.get(_INIT)),
+                _header_float(h.get(_AGE)),
                 error,
             )
 
@@ -124,13 +126,16 @@ def _sigv4_signer(
     return sign
 
 
-def check_auth(targets: list[Target]) -> None:
-    """Fail before the run, not inside it, when a target's credentials are missing."""
+def check_targets(targets: list[Target], payload: dict[str, Any]) -> None:
+    """Fail before the run, not inside it, when a target's credentials are missing or the payload cannot
+    be sent to it. (Remote workers check again for themselves: they have their own environment.)"""
     for t in targets:
         if isinstance(t.auth, BearerAuth):
             t.auth.token()
         elif isinstance(t.auth, SigV4Auth):
             _sigv4_signer(t.auth, t.url, b"", {})
+        if t.kind == "oip-grpc":
+            grpc_request(payload, t.model)
 
 
 def grpc_request(payload: dict[str, Any], model: str) -> Any:
@@ -224,6 +229,7 @@ class GrpcSender:
             meta.get(_COLD) == "1",
             zh.parse_server_timing(meta.get(_TIMING)) or -1.0,
             _header_float(meta.get(_INIT)),
+            _header_float(meta.get(_AGE)),
             error[:300],
         )
 

@@ -73,7 +73,8 @@ class Sample(NamedTuple):
     latency_s: float
     status: int
     ok: bool
-    cold: bool
+    cold: bool  # the target's cold-start header: the first answer of a fresh process
     server_s: float
     init_s: float
+    ready_age_s: float
     error: str

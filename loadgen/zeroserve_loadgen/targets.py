@@ -85,6 +85,13 @@ class Target(BaseModel):
         description="Scale-to-zero window. A request after a longer idle gap is counted as a cold start "
         "(also the first request of the run). Unset: only the target's own cold-start header counts.",
     )
+    cold_start_max_ready_age_s: float = Field(
+        2.0,
+        ge=0,
+        description="A request flagged by the target's cold-start header counts as a cold start only if it "
+        "arrived at most this long after the instance was ready, i.e. it waited for the start; a later one "
+        "found a pre-started instance (its init is still billed, once).",
+    )
     timeout_s: float = Field(30.0, gt=0, description="Per-request timeout; a timeout counts as a failure.")
     pricing: Pricing | None = Field(None, description="Defaults by kind: lambda, cloud-run, or a CPU node.")
 
@@ -123,7 +130,7 @@ class BenchFile(BaseModel):
     payload: Path | dict[str, Any] = Field(
         description="OIP v2 inference request every target receives: a JSON file or an inline mapping."
     )
-    workload: Workload | None = None
+    workload: Workload
 
     @model_validator(mode="after")
     def _unique_names(self) -> BenchFile:

@@ -130,7 +130,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 )
             # gRPC carries the same cold-start and timing headers as REST, as initial metadata.
             await context.send_initial_metadata(
-                tuple(self.cold_start.response_headers(time.perf_counter() - started).items())
+                tuple(self.cold_start.response_headers(time.perf_counter() - started, started).items())
             )
         except ServingError as e:
             await self._abort(context, e)

@@ -112,7 +112,7 @@ class RestApp:
         finally:
             admission.__exit__(None, None, None)
         payload, header_length = rest_codec.encode_response(response)
-        out = self.cold_start.response_headers(time.perf_counter() - started)
+        out = self.cold_start.response_headers(time.perf_counter() - started, started)
         if header_length is None:
             out["content-type"] = "application/json"
         else:

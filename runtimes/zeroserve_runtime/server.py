@@ -90,7 +90,7 @@ class Runtime:
             await self.grpc.start()
         phases = loader.phases(imported_at, time.time())
         # Before attach: the first answer must already carry the start-to-ready time.
-        self.cold_start.init_seconds = phases["total"]
+        self.cold_start.mark_ready(phases["total"])
         self.dataplane.attach(model, self.batcher)
         for phase, seconds in phases.items():
             self.metrics.cold_start_seconds.labels(phase).set(seconds)

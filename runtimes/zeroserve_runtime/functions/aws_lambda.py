@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from typing import Any
 
 from zeroserve_runtime.errors import InvalidInput
@@ -41,6 +42,7 @@ def decode_body(event: dict[str, Any]) -> bytes:
 
 def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     """One function URL event (payload format 2.0) in, one function URL response out."""
+    entered = time.perf_counter()
     http = (event.get("requestContext") or {}).get("http")
     if not isinstance(http, dict) or "method" not in http:
         status, headers, payload = error_response(
@@ -58,7 +60,7 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
             path = event.get("rawPath") or http.get("path") or "/"
             # Function URLs already lowercase header names, and join repeated headers with commas.
             status, headers, payload = get_app().handle(
-                http["method"], path, event.get("headers") or {}, body
+                http["method"], path, event.get("headers") or {}, body, entered
             )
     if is_text(headers.get("content-type")):
         return {"statusCode": status, "headers": headers, "body": payload.decode(), "isBase64Encoded": False}

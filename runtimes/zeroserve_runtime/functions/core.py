@@ -66,7 +66,8 @@ class FunctionApp:
         # Process start to ready: the platform's own share of the cold start (sandbox, interpreter
         # start, imports) included, as far as this process can see it.
         self.init_seconds = time.time() - started_at
-        self.cold_start = ColdStart(self.init_seconds)
+        self.cold_start = ColdStart()
+        self.cold_start.mark_ready(self.init_seconds)
         # One session.run at a time, as the server's single inference thread does: concurrent runs would
         # each start intra-op threads on the same few cores and all finish later. Waiting here is queue
         # time, which the server's Server-Timing counts too.
@@ -80,17 +81,25 @@ class FunctionApp:
             settings.intra_op_threads(),
         )
 
-    def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Response:
-        """Answer one HTTP request. Never raises: every failure becomes an error response."""
+    def handle(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes, entered: float | None = None
+    ) -> Response:
+        """Answer one HTTP request. Never raises: every failure becomes an error response. `entered`
+        (time.perf_counter()) is when the platform handed the request over, where billing starts."""
+        entered = time.perf_counter() if entered is None else entered
         try:
-            return self._route(method.upper(), path, {k.lower(): v for k, v in headers.items()}, body)
+            return self._route(
+                method.upper(), path, {k.lower(): v for k, v in headers.items()}, body, entered
+            )
         except ServingError as e:
             return error_response(e)
         except Exception:
             log.exception("unexpected error serving %s %s", method, path)
             return json_response(500, {"error": "internal server error"})
 
-    def _route(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Response:
+    def _route(
+        self, method: str, path: str, headers: dict[str, str], body: bytes, entered: float
+    ) -> Response:
         if method == "GET":
             # Once this object exists the model is loaded: live and ready are the same thing here.
             if path == "/v2/health/live":
@@ -111,20 +120,22 @@ class FunctionApp:
                 check_served(self.name, name, version)
                 return json_response(200, {"ready": True})
             if method == "POST" and action == "/infer":
-                return self._infer(name, version, headers, body)
+                return self._infer(name, version, headers, body, entered)
         return json_response(404, {"error": f"no route for {method} {path}"})
 
-    def _infer(self, name: str, version: str | None, headers: dict[str, str], body: bytes) -> Response:
+    def _infer(
+        self, name: str, version: str | None, headers: dict[str, str], body: bytes, entered: float
+    ) -> Response:
         check_served(self.name, name, version)
         limit = self.settings.max_request_bytes
         if len(body) > limit:
             raise PayloadTooLarge(f"request body of {len(body)} bytes exceeds the limit of {limit} bytes")
         request = rest_codec.decode_request(body, headers.get(rest_codec.HEADER_LENGTH))
-        started = time.perf_counter()
         with self._run_lock:
             response = infer(self.model, name, request)
         payload, header_length = rest_codec.encode_response(response)
-        out = self.cold_start.response_headers(time.perf_counter() - started)
+        # Billed time runs from handler entry to the response, decoding and encoding included.
+        out = self.cold_start.response_headers(time.perf_counter() - entered, entered)
         if header_length is None:
             out["content-type"] = JSON
         else:

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING
 
 import functions_framework
@@ -74,11 +75,14 @@ def _read_body(request: Request, limit: int) -> bytes:
 def infer(request: Request) -> Response:
     from zeroserve_runtime.functions.core import error_response
 
+    entered = time.perf_counter()  # before any wait for the model: Cloud Run bills that wait too
     try:
         function = app()  # waits for the background load, if it is still running
         body = _read_body(request, function.settings.max_request_bytes)
     except ServingError as e:  # a model that cannot load (500), a body too large (413)
         status, headers, payload = error_response(e)
     else:
-        status, headers, payload = function.handle(request.method, request.path, request.headers, body)
+        status, headers, payload = function.handle(
+            request.method, request.path, request.headers, body, entered
+        )
     return Response(payload, status=status, headers=headers)

@@ -4,13 +4,19 @@ can tell cold starts and billed time apart the same way whatever the target is."
 from __future__ import annotations
 
 import threading
+import time
 
 # "1" on the first inference a process answers: that request paid for the cold start.
 COLD_START = "x-zeroserve-cold-start"
 # Seconds from process start to ready, sent together with COLD_START.
 INIT_SECONDS = "x-zeroserve-init-seconds"
-# Standard Server-Timing (W3C): "infer;dur=<ms>", the time the server spent on the request once its
-# body was in (queue and inference), what a platform that bills per request would bill.
+# Seconds from ready to this request's arrival, sent together with COLD_START. Small when the request
+# waited for the start (Knative's activator, Lambda and Cloud Run hold it until ready); large when the
+# instance had been started ahead of it (a readiness check, pre-warming, provisioned concurrency).
+READY_AGE = "x-zeroserve-ready-age-seconds"
+# Standard Server-Timing (W3C): "infer;dur=<ms>", the time the server spent on the request: for the
+# functions from handler entry to the response, which is what Lambda and Cloud Run bill; for the server
+# from the body read to the response (queue and inference).
 SERVER_TIMING = "server-timing"
 
 
@@ -38,14 +44,21 @@ def parse_server_timing(value: str | None) -> float | None:
 
 class ColdStart:
     """Marks the first successful inference a process answers as the one that paid for its cold start,
-    and carries the process's start-to-ready time with it. Thread-safe: functions may serve on threads."""
+    with the process's start-to-ready time and how long after ready the request came. Thread-safe:
+    functions may serve on threads."""
 
     def __init__(self, init_seconds: float | None = None) -> None:
         self.init_seconds = init_seconds
+        self._ready_at: float | None = None
         self._pending = True
         self._lock = threading.Lock()
 
-    def response_headers(self, server_seconds: float) -> dict[str, str]:
+    def mark_ready(self, init_seconds: float) -> None:
+        self.init_seconds = init_seconds
+        self._ready_at = time.perf_counter()
+
+    def response_headers(self, server_seconds: float, received_at: float | None = None) -> dict[str, str]:
+        """`received_at` is the request's arrival on time.perf_counter()."""
         headers = {SERVER_TIMING: server_timing(server_seconds)}
         if self._pending:
             with self._lock:
@@ -54,4 +67,6 @@ class ColdStart:
                 headers[COLD_START] = "1"
                 if self.init_seconds is not None:
                     headers[INIT_SECONDS] = f"{self.init_seconds:.3f}"
+                if self._ready_at is not None and received_at is not None:
+                    headers[READY_AGE] = f"{max(0.0, received_at - self._ready_at):.3f}"
         return headers

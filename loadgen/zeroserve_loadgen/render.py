@@ -1,5 +1,5 @@
-"""From samples to the comparison: per-target figures, cold starts told apart, cost per 1M inferences, and
-the same result as a terminal table, JSON, CSV and a self-contained HTML page."""
+"""The comparison as a terminal table, JSON, CSV and a self-contained HTML page with latency-over-time
+and latency CDF plots (matplotlib PNGs, embedded)."""
 
 from __future__ import annotations
 
@@ -8,158 +8,15 @@ import csv
 import html
 import io
 import platform
-from collections import Counter
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
-from zeroserve_loadgen.plan import RunPlan, Sample
-from zeroserve_loadgen.pricing import PRICES_RECORDED, Invocation, cost_per_million
-from zeroserve_loadgen.targets import Target
-
-SLOW_SEND_S = 0.010  # a send this late means the load generator, not the target, set the pace
-
-
-@dataclass
-class TargetReport:
-    name: str
-    kind: str
-    url: str
-    requests: int = 0
-    successes: int = 0
-    success_ratio: float | None = None
-    throughput_rps: float = 0.0
-    latency_ms: dict[str, float | None] = field(default_factory=dict)  # p50 p90 p99 max, successes only
-    warm_latency_ms: dict[str, float | None] = field(default_factory=dict)
-    cold_latency_ms: dict[str, float | None] = field(default_factory=dict)
-    cold_starts: int = 0
-    cold_by_header: int = 0
-    cold_by_gap: int = 0
-    server_ms_p50: float | None = None
-    send_lag_ms_p50: float | None = None
-    send_lag_ms_p90: float | None = None
-    send_lag_ms_p99: float | None = None
-    cost_per_1m_usd: float | None = None
-    pricing: str = ""
-    wall_s: float = 0.0
-    errors: dict[str, int] = field(default_factory=dict)
-    unreachable: str | None = None
-
-
-def _pcts(values: np.ndarray) -> dict[str, float | None]:
-    if values.size == 0:
-        return {"p50": None, "p90": None, "p99": None, "max": None}
-    p50, p90, p99 = np.percentile(values, [50, 90, 99]) * 1000
-    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(values.max() * 1000)}
-
-
-def cold_flags(samples: list[Sample], idle_window_s: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """(by header, by gap) per sample, in the order given. By gap: sent after the target had no request
-    in flight for longer than its idle window (the first request of the run counts: nothing came before)."""
-    header = np.array([s.cold for s in samples], dtype=bool)
-    gap = np.zeros(len(samples), dtype=bool)
-    if idle_window_s is not None and samples:
-        order = sorted(range(len(samples)), key=lambda i: samples[i].sent_s)
-        busy_until = -np.inf
-        for i in order:
-            s = samples[i]
-            gap[i] = s.sent_s - busy_until > idle_window_s
-            busy_until = max(busy_until, s.sent_s + s.latency_s)
-    return header, gap
-
-
-def summarize(target: Target, samples: list[Sample], wall_s: float) -> TargetReport:
-    r = TargetReport(target.name, target.kind, target.url, wall_s=wall_s)
-    r.requests = len(samples)
-    if not samples:
-        return r
-    ok = np.array([s.ok for s in samples], dtype=bool)
-    latency = np.array([s.latency_s for s in samples])
-    header, gap = cold_flags(samples, target.idle_window_s)
-    cold = header | gap
-    r.successes = int(ok.sum())
-    r.success_ratio = r.successes / r.requests
-    r.throughput_rps = r.successes / wall_s if wall_s > 0 else 0.0
-    r.latency_ms = _pcts(latency[ok])
-    r.warm_latency_ms = _pcts(latency[ok & ~cold])
-    r.cold_latency_ms = _pcts(latency[ok & cold])
-    r.cold_starts, r.cold_by_header, r.cold_by_gap = int(cold.sum()), int(header.sum()), int(gap.sum())
-    server = np.array([s.server_s for s in samples])
-    if (server[ok] >= 0).any():
-        r.server_ms_p50 = float(np.median(server[ok & (server >= 0)]) * 1000)
-    lag = np.array([s.sent_s - s.scheduled_s for s in samples])
-    r.send_lag_ms_p50, r.send_lag_ms_p90, r.send_lag_ms_p99 = (
-        float(v) for v in np.percentile(lag, [50, 90, 99]) * 1000
-    )
-    r.errors = dict(Counter(s.error for s in samples if s.error).most_common(5))
-    pricing = target.effective_pricing()
-    r.pricing = pricing.describe()
-    # Only requests the platform answered were invoked (and billed); the server's own time is what it
-    # bills when it says, else the client's latency, an upper bound.
-    invocations = [
-        Invocation(
-            duration_s=s.server_s if s.server_s >= 0 else s.latency_s,
-            init_s=s.init_s if s.cold and s.init_s > 0 else 0.0,
-        )
-        for s in samples
-        if s.status
-    ]
-    r.cost_per_1m_usd = cost_per_million(pricing, invocations, r.successes, wall_s)
-    return r
-
-
-@dataclass
-class Report:
-    plan: RunPlan
-    targets: list[TargetReport]
-    samples: list[Sample]
-    started: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-    workers: int = 1
-
-    def warnings(self) -> list[str]:
-        out = []
-        for t in self.targets:
-            if t.unreachable:
-                out.append(f"{t.name}: not run, {t.unreachable}")
-            elif t.requests and not t.successes:
-                out.append(f"{t.name}: no request succeeded ({next(iter(t.errors), 'unknown error')})")
-            # One stall of the machine makes a few sends late; one in ten late means the generator could
-            # not keep up and the offered rate was not met.
-            if t.send_lag_ms_p90 is not None and t.send_lag_ms_p90 > SLOW_SEND_S * 1000:
-                out.append(
-                    f"{t.name}: 10% of sends left over {t.send_lag_ms_p90:.0f} ms late; the load generator "
-                    "was saturated (raise max_in_flight or add workers) and the offered rate was not met"
-                )
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "started": self.started,
-            "host": platform.node(),
-            "workers": self.workers,
-            "prices_recorded": PRICES_RECORDED,
-            "plan": self.plan.model_dump(mode="json", exclude={"payload"}),
-            "targets": [asdict(t) for t in self.targets],
-            "warnings": self.warnings(),
-        }
-
-
-def build_report(
-    plan: RunPlan, samples: list[Sample], unreachable: dict[str, str], workers: int = 1
-) -> Report:
-    windows = plan.windows()
-    reports = []
-    for k, target in enumerate(plan.targets):
-        mine = [s for s in samples if s.target == k]
-        start, end = windows[k]
-        r = summarize(target, mine, end - start)
-        r.unreachable = unreachable.get(target.name)
-        reports.append(r)
-    return Report(plan, reports, samples, workers=workers)
+from zeroserve_loadgen.plan import Sample
+from zeroserve_loadgen.pricing import PRICES_RECORDED
+from zeroserve_loadgen.summary import Report
 
 
 def _fmt(v: float | None, spec: str = ".1f") -> str:
@@ -267,11 +124,13 @@ def write_csv(report: Report, summary: Path, samples: Path) -> None:
                 ]
             )
     names = [t.name for t in report.plan.targets]
+    cold = report.cold_start_flags()
     with samples.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["target", *Sample._fields[1:]])
-        for s in report.samples:
-            w.writerow([names[s.target], *s[1:]])
+        # `cold` is the target's own header; `cold_start` is what the report counts (header or gap).
+        w.writerow(["target", *Sample._fields[1:], "cold_start"])
+        for s, c in zip(report.samples, cold.tolist(), strict=True):
+            w.writerow([names[s.target], *s[1:], c])
 
 
 def _png(fig: Any) -> str:
@@ -288,20 +147,26 @@ def plots(report: Report) -> tuple[str, str]:
     import matplotlib.pyplot as plt
 
     names = [t.name for t in report.plan.targets]
+    cold = report.cold_start_flags()
     over_time, ax1 = plt.subplots(figsize=(9, 3.6))
     cdf, ax2 = plt.subplots(figsize=(9, 3.6))
     try:
         for k, name in enumerate(names):
-            mine = [s for s in report.samples if s.target == k and s.ok]
+            mine = [
+                (s, c) for s, c in zip(report.samples, cold.tolist(), strict=True) if s.target == k and s.ok
+            ]
             if not mine:
                 continue
-            t = np.array([s.sent_s for s in mine])
-            ms = np.array([s.latency_s for s in mine]) * 1000
+            t = np.array([s.sent_s for s, _ in mine])
+            ms = np.array([s.latency_s for s, _ in mine]) * 1000
             line = ax1.plot(t, ms, ".", markersize=3, alpha=0.6, label=name)[0]
-            cold = [s for s in mine if s.cold]
-            if cold:
+            colds = [s for s, c in mine if c]
+            if colds:
                 ax1.plot(
-                    [s.sent_s for s in cold], [s.latency_s * 1000 for s in cold], "x", color=line.get_color()
+                    [s.sent_s for s in colds],
+                    [s.latency_s * 1000 for s in colds],
+                    "x",
+                    color=line.get_color(),
                 )
             ordered = np.sort(ms)
             ax2.plot(ordered, np.arange(1, len(ordered) + 1) / len(ordered), label=name)
