@@ -33,7 +33,7 @@ import onnxruntime as ort
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from runtimeproc import RuntimeProcess, shared_model
+from runtimeproc import RuntimeProcess, binary_body, shared_model
 
 THREADS = 2
 
@@ -59,21 +59,6 @@ def json_body(name: str, array: np.ndarray) -> bytes:
         {"inputs": [{"name": name, "shape": list(array.shape), "datatype": "FP32", "data": array.ravel()}]},
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
-
-
-def binary_body(feeds: dict[str, np.ndarray]) -> tuple[bytes, int]:
-    types = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
-    inputs = [
-        {
-            "name": n,
-            "shape": list(a.shape),
-            "datatype": types[a.dtype],
-            "parameters": {"binary_data_size": a.nbytes},
-        }
-        for n, a in feeds.items()
-    ]
-    header = orjson.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}})
-    return header + b"".join(a.tobytes() for a in feeds.values()), len(header)
 
 
 def wrk(url: str, body: bytes, headers: dict[str, str], connections: int, seconds: float, tmp: Path) -> dict:

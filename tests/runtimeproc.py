@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -25,6 +26,23 @@ def shared_model(name: str) -> Path:
             "(see its README), or set ZEROSERVE_SHARED_MODELS; tests that use them cannot run without them"
         )
     return path
+
+
+def binary_body(feeds: dict[str, np.ndarray]) -> tuple[bytes, int]:
+    """Triton's binary tensor extension: a JSON header, then each tensor's raw little-endian bytes; all
+    outputs asked for in binary. Returns the body and its Inference-Header-Content-Length."""
+    datatypes = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
+    inputs = [
+        {
+            "name": n,
+            "shape": list(a.shape),
+            "datatype": datatypes[a.dtype],
+            "parameters": {"binary_data_size": a.nbytes},
+        }
+        for n, a in feeds.items()
+    ]
+    header = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}}).encode()
+    return header + b"".join(a.tobytes() for a in feeds.values()), len(header)
 
 
 def _save(graph: onnx.GraphProto, path: Path) -> Path:

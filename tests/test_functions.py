@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from controlplane import BUILD_HINT, default_cache_dir, free_port, read_versions
-from runtimeproc import REPO_ROOT, int_model, linear_model
+from runtimeproc import REPO_ROOT, binary_body, int_model, linear_model
 from serviceproc import ServiceProcess
 from test_runtime import BAD_REQUESTS, X, infer_body, raw
 from tritonclient.utils import InferenceServerException
@@ -395,22 +395,6 @@ INT_FEEDS = {
 }
 
 
-def binary_request(feeds: dict[str, np.ndarray]) -> tuple[bytes, int]:
-    """Triton's binary tensor extension: a JSON header, then each tensor's raw little-endian bytes."""
-    datatypes = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
-    inputs = [
-        {
-            "name": n,
-            "shape": list(a.shape),
-            "datatype": datatypes[a.dtype],
-            "parameters": {"binary_data_size": a.nbytes},
-        }
-        for n, a in feeds.items()
-    ]
-    header = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}}).encode()
-    return header + b"".join(a.tobytes() for a in feeds.values()), len(header)
-
-
 def binary_outputs(body: bytes, header_length: int) -> dict[str, np.ndarray]:
     header = json.loads(body[:header_length])
     dtypes = {"INT64": "<i8", "FP64": "<f8"}
@@ -426,7 +410,7 @@ def binary_outputs(body: bytes, header_length: int) -> dict[str, np.ndarray]:
 
 
 def test_handler_answers_a_binary_function_url_event(handler: Callable, models) -> None:
-    body, header_length = binary_request(INT_FEEDS)
+    body, header_length = binary_body(INT_FEEDS)
     headers = {
         "content-type": "application/octet-stream",
         "inference-header-content-length": str(header_length),
