@@ -283,7 +283,11 @@ def test_only_the_first_inference_is_cold(target: Target) -> None:
 
 
 def test_health_and_metadata(target: Target) -> None:
-    client = target.client()
+    with target.client() as client:
+        _check_health_and_metadata(client)
+
+
+def _check_health_and_metadata(client: httpclient.InferenceServerClient) -> None:
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
     assert client.is_model_ready(MODEL, "1")
     meta = client.get_model_metadata(MODEL)

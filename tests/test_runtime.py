@@ -53,25 +53,27 @@ X = np.array([[1, 2, 3, 4], [-1, 0.5, 0, 2], [0, 0, 0, 0]], dtype=np.float32)
 def http_infer(
     proc: RuntimeProcess, feeds: dict[str, np.ndarray], binary: bool, outputs: list[str] | None = None
 ):
-    client = httpclient.InferenceServerClient(proc.http_address)
     inputs = []
     for name, value in feeds.items():
         tensor = httpclient.InferInput(name, list(value.shape), _datatype(value))
         tensor.set_data_from_numpy(value, binary_data=binary)
         inputs.append(tensor)
     requested = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in outputs] if outputs else None
-    return client.infer(proc.name, inputs, outputs=requested)
+    # Closed here, in its own thread: tritonclient.http runs on gevent, whose hub is per thread, and a
+    # client left to the garbage collector may be finalized on another thread, which gevent refuses.
+    with httpclient.InferenceServerClient(proc.http_address) as client:
+        return client.infer(proc.name, inputs, outputs=requested)
 
 
 def grpc_infer(proc: RuntimeProcess, feeds: dict[str, np.ndarray], outputs: list[str] | None = None):
-    client = grpcclient.InferenceServerClient(proc.grpc_address)
     inputs = []
     for name, value in feeds.items():
         tensor = grpcclient.InferInput(name, list(value.shape), _datatype(value))
         tensor.set_data_from_numpy(value)
         inputs.append(tensor)
     requested = [grpcclient.InferRequestedOutput(n) for n in outputs] if outputs else None
-    return client.infer(proc.name, inputs, outputs=requested)
+    with grpcclient.InferenceServerClient(proc.grpc_address) as client:
+        return client.infer(proc.name, inputs, outputs=requested)
 
 
 def _datatype(value: np.ndarray) -> str:
@@ -121,18 +123,18 @@ def test_inputs_must_agree_on_the_batch_dimension(ints: RuntimeProcess) -> None:
 
 
 def test_metadata_and_health_through_both_clients(linear: RuntimeProcess) -> None:
-    http = httpclient.InferenceServerClient(linear.http_address)
-    assert http.is_server_live() and http.is_server_ready() and http.is_model_ready("linear")
-    meta = http.get_model_metadata("linear")
-    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
-    assert [o["name"] for o in meta["outputs"]] == ["y", "z"]
-    assert http.get_server_metadata()["name"] == "zeroserve"
-    grpc = grpcclient.InferenceServerClient(linear.grpc_address)
-    assert grpc.is_server_live() and grpc.is_server_ready() and grpc.is_model_ready("linear")
-    gmeta = grpc.get_model_metadata("linear", as_json=True)
-    assert gmeta["inputs"][0] == {"name": "x", "datatype": "FP32", "shape": ["-1", "4"]}
-    with pytest.raises(InferenceServerException, match="not served here"):
-        grpc.get_model_metadata("nope")
+    with httpclient.InferenceServerClient(linear.http_address) as http:
+        assert http.is_server_live() and http.is_server_ready() and http.is_model_ready("linear")
+        meta = http.get_model_metadata("linear")
+        assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+        assert [o["name"] for o in meta["outputs"]] == ["y", "z"]
+        assert http.get_server_metadata()["name"] == "zeroserve"
+    with grpcclient.InferenceServerClient(linear.grpc_address) as grpc:
+        assert grpc.is_server_live() and grpc.is_server_ready() and grpc.is_model_ready("linear")
+        gmeta = grpc.get_model_metadata("linear", as_json=True)
+        assert gmeta["inputs"][0] == {"name": "x", "datatype": "FP32", "shape": ["-1", "4"]}
+        with pytest.raises(InferenceServerException, match="not served here"):
+            grpc.get_model_metadata("nope")
 
 
 def post(
