@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -297,3 +298,21 @@ def test_pure_modules_do_not_import_locust() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "runtimes/lambda/README.md", "runtimes/gcf/README.md"])
+def test_documented_bench_files_are_valid(doc: str) -> None:
+    """The bench-file examples users copy from the docs must pass the same validation as their own."""
+    import yaml
+    from zeroserve_loadgen.targets import BenchFile
+
+    text = (Path(__file__).resolve().parent.parent / doc).read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
+    examples = [yaml.safe_load(b) for b in blocks if "targets:" in b]
+    assert examples, f"{doc} has no bench-file example"
+    for example in examples:
+        # Examples name a payload file or leave the workload to the reader; fill in what they leave out.
+        example["payload"] = PAYLOAD
+        example.setdefault("workload", {"type": "constant", "rate": 1, "duration_s": 1})
+        bench = BenchFile.model_validate(example)
+        assert all(t.effective_pricing() for t in bench.targets)
