@@ -5,8 +5,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+MLSERVER_VENV ?= /tmp/peers
+KSERVE_VENV ?= /tmp/peers-kserve
 
-.PHONY: quickstart test lint pytest setup control-plane cluster-up bench-controlplane bench-operator bench-runtime bench-loadgen crd clean
+.PHONY: quickstart test lint pytest setup control-plane cluster-up bench-controlplane bench-operator bench-runtime bench-peers bench-loadgen crd clean
 
 ## quickstart: install Zeroserve and run its main job on the embedded default
 quickstart: $(STAMP)
@@ -51,6 +53,10 @@ bench-operator: $(STAMP) control-plane
 ## bench-runtime: the runtime server vs raw onnxruntime (needs wrk: apt-get install wrk)
 bench-runtime: $(STAMP)
 	$(BIN)/python bench/runtime_throughput.py
+
+## bench-peers: the runtime vs MLServer and KServe (venvs: see bench/runtime_peers.py)
+bench-peers: $(STAMP)
+	$(BIN)/python bench/runtime_peers.py --mlserver-venv $(MLSERVER_VENV) --kserve-venv $(KSERVE_VENV)
 
 ## bench-loadgen: the load generator vs wrk and bare locust on nginx (apt-get install nginx-light wrk)
 bench-loadgen: $(STAMP)

@@ -1,0 +1,236 @@
+"""The runtime server against its peers, MLServer and KServe, side by side in one run: EfficientNet-Lite0,
+batch 1, the same ~1 MB OIP v2 JSON body from wrk at concurrency 4, in interleaved rounds, with the
+in-process JSON limit (orjson decode + numpy + session.run) as the reference.
+
+Each peer runs from its own virtualenv, as its users install it, serving the model through its own
+custom-model API with onnxruntime at 2 intra-op threads:
+
+    python3 -m venv /tmp/peers && /tmp/peers/bin/pip install mlserver onnxruntime numpy
+    python3 -m venv /tmp/peers-kserve && /tmp/peers-kserve/bin/pip install kserve onnxruntime numpy
+    .venv/bin/python bench/runtime_peers.py --mlserver-venv /tmp/peers --kserve-venv /tmp/peers-kserve
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from controlplane import free_port
+from runtime_throughput import THREADS, json_body, rate, session, wrk
+from runtimeproc import RuntimeProcess, shared_model
+
+MLSERVER_RUNTIME = """
+import numpy as np, onnxruntime as ort
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+class OnnxRuntime(MLModel):
+    async def load(self):
+        o = ort.SessionOptions(); o.intra_op_num_threads = {threads}; o.inter_op_num_threads = 1
+        uri = self.settings.parameters.uri
+        self.session = ort.InferenceSession(uri, o, providers=["CPUExecutionProvider"])
+        self.names = [x.name for x in self.session.get_outputs()]
+        return True
+
+    async def predict(self, request: InferenceRequest) -> InferenceResponse:
+        feeds = {{i.name: NumpyCodec.decode_input(i) for i in request.inputs}}
+        outputs = self.session.run(None, feeds)
+        return InferenceResponse(
+            model_name=self.name,
+            outputs=[NumpyCodec.encode_output(n, a) for n, a in zip(self.names, outputs)],
+        )
+"""
+
+KSERVE_SERVER = """
+import sys, uuid
+import onnxruntime as ort
+from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
+
+class Onnx(Model):
+    def __init__(self, name, path):
+        super().__init__(name)
+        o = ort.SessionOptions(); o.intra_op_num_threads = {threads}; o.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+        self.names = [x.name for x in self.session.get_outputs()]
+        self.ready = True
+
+    def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:
+        feeds = {{i.name: i.as_numpy() for i in payload.inputs}}
+        outputs = []
+        for name, array in zip(self.names, self.session.run(None, feeds)):
+            out = InferOutput(name=name, shape=list(array.shape), datatype="FP32")
+            out.set_data_from_numpy(array, binary_data=False)
+            outputs.append(out)
+        # KServe 0.21 requires a response id; the request carries none.
+        rid = payload.id or str(uuid.uuid4())
+        return InferResponse(model_name=self.name, infer_outputs=outputs, response_id=rid)
+
+if __name__ == "__main__":
+    ModelServer(http_port=int(sys.argv[2]), grpc_port=int(sys.argv[3]), workers=1).start(
+        [Onnx("efficientnet", sys.argv[1])]
+    )
+"""
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: exited {proc.returncode}\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready in {timeout}s\n{log.read_text()[-3000:]}")
+
+
+def start_mlserver(venv: Path, model: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    d = tmp / "mlserver"
+    d.mkdir()
+    (d / "runtime.py").write_text(MLSERVER_RUNTIME.format(threads=THREADS))
+    http = free_port()
+    (d / "settings.json").write_text(
+        # parallel_workers 0: inference in the server process. MLServer 1.7.1's worker processes die at
+        # start with the uvloop pip installs beside it (asyncio.get_event_loop in a fresh process).
+        json.dumps(
+            {"http_port": http, "grpc_port": free_port(), "metrics_port": free_port(), "parallel_workers": 0}
+        )
+    )
+    (d / "model-settings.json").write_text(
+        json.dumps(
+            {
+                "name": "efficientnet",
+                "implementation": "runtime.OnnxRuntime",
+                "parameters": {"uri": str(model)},
+            }
+        )
+    )
+    log = tmp / "mlserver.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(venv / "bin" / "mlserver"), "start", str(d)], cwd=d, stdout=out, stderr=out
+        )
+    url = f"http://127.0.0.1:{http}"
+    wait_ready(f"{url}/v2/models/efficientnet/ready", proc, log)
+    return proc, url
+
+
+def start_kserve(venv: Path, model: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    script = tmp / "kserve_server.py"
+    script.write_text(KSERVE_SERVER.format(threads=THREADS))
+    http = free_port()
+    log = tmp / "kserve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(venv / "bin" / "python"), str(script), str(model), str(http), str(free_port())],
+            stdout=out,
+            stderr=out,
+        )
+    url = f"http://127.0.0.1:{http}"
+    wait_ready(f"{url}/v2/models/efficientnet/ready", proc, log)
+    return proc, url
+
+
+def check_answer(url: str, body: bytes, expected: np.ndarray) -> None:
+    """Every server must answer the request correctly before its speed counts."""
+    request = urllib.request.Request(
+        f"{url}/v2/models/efficientnet/infer", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            (output,) = orjson.loads(r.read())["outputs"]
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"{url}: {e.code} {e.read()[:500]!r}") from None
+    got = np.asarray(output["data"], dtype=np.float32).reshape(expected.shape)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--mlserver-venv", type=Path, required=True)
+    parser.add_argument("--kserve-venv", type=Path, required=True)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+    model = shared_model("efficientnet-lite0.onnx")
+    image = np.round(np.random.default_rng(0).standard_normal((1, 3, 224, 224)), 3).astype(np.float32)
+    body = json_body("input", image)
+    s = session(model)
+    expected = s.run(None, {"input": image})[0]
+
+    def json_limit() -> None:
+        item = orjson.loads(body)["inputs"][0]
+        s.run(None, {"input": np.asarray(item["data"], dtype=np.float32).reshape(item["shape"])})
+
+    headers = {"Content-Type": "application/json"}
+    results: dict[str, list[float]] = {"json-limit": [], "zeroserve": [], "mlserver": [], "kserve": []}
+    with tempfile.TemporaryDirectory(prefix="zeroserve-peers-") as d:
+        tmp = Path(d)
+        ours = RuntimeProcess(model, tmp / "zeroserve.log", name="efficientnet", threads=THREADS, grpc_port=0)
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            ours.start()
+            ml, ml_url = start_mlserver(args.mlserver_venv, model, tmp)
+            procs.append(ml)
+            ks, ks_url = start_kserve(args.kserve_venv, model, tmp)
+            procs.append(ks)
+            urls = {"zeroserve": ours.url, "mlserver": ml_url, "kserve": ks_url}
+            for url in urls.values():
+                check_answer(url, body, expected)
+            for r in range(args.rounds):
+                results["json-limit"].append(rate(json_limit, args.seconds))
+                for name, url in urls.items():
+                    out = wrk(
+                        f"{url}/v2/models/efficientnet/infer",
+                        body,
+                        headers,
+                        args.concurrency,
+                        args.seconds,
+                        tmp,
+                    )
+                    if out["errors"]:
+                        raise RuntimeError(f"{name}: {out['errors']} non-2xx answers")
+                    results[name].append(out["rps"])
+                print(
+                    f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in results.items()),
+                    flush=True,
+                )
+        finally:
+            ours.stop()
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    med = {k: statistics.median(v) for k, v in results.items()}
+    size = len(body) / 1e6
+    print(f"\nEfficientNet-Lite0, ~{size:.1f} MB JSON, concurrency {args.concurrency}, median of rounds")
+    for name, value in med.items():
+        print(f"  {name:<11} {value:6.1f}/s  {value / med['json-limit']:5.0%} of the JSON limit")
+    print(json.dumps(med))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
