@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -30,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from controlplane import free_port
 from runtime_throughput import THREADS, json_body, rate, session, wrk
 from runtimeproc import RuntimeProcess, shared_model
+from serviceproc import ServiceProcess
 
 MLSERVER_RUNTIME = """
 import numpy as np, onnxruntime as ort
@@ -85,22 +84,21 @@ if __name__ == "__main__":
 """
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: exited {proc.returncode}\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready in {timeout}s\n{log.read_text()[-3000:]}")
+class PeerProcess(ServiceProcess):
+    """A peer server from its own venv; started, awaited and stopped as the suite's own processes are."""
+
+    what = "peer"
+
+    def __init__(self, argv: list[str], log_path: Path, url: str, env: dict[str, str] | None = None) -> None:
+        super().__init__(argv, log_path, env)
+        self.url = url
+
+    @property
+    def ready_url(self) -> str:
+        return f"{self.url}/v2/models/efficientnet/ready"
 
 
-def start_mlserver(venv: Path, model: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+def mlserver(venv: Path, model: Path, tmp: Path) -> PeerProcess:
     d = tmp / "mlserver"
     d.mkdir()
     (d / "runtime.py").write_text(MLSERVER_RUNTIME.format(threads=THREADS))
@@ -121,30 +119,17 @@ def start_mlserver(venv: Path, model: Path, tmp: Path) -> tuple[subprocess.Popen
             }
         )
     )
-    log = tmp / "mlserver.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(venv / "bin" / "mlserver"), "start", str(d)], cwd=d, stdout=out, stderr=out
-        )
-    url = f"http://127.0.0.1:{http}"
-    wait_ready(f"{url}/v2/models/efficientnet/ready", proc, log)
-    return proc, url
+    # runtime.py is imported from the model folder.
+    argv = [str(venv / "bin" / "mlserver"), "start", str(d)]
+    return PeerProcess(argv, tmp / "mlserver.log", f"http://127.0.0.1:{http}", {"PYTHONPATH": str(d)})
 
 
-def start_kserve(venv: Path, model: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+def kserve(venv: Path, model: Path, tmp: Path) -> PeerProcess:
     script = tmp / "kserve_server.py"
     script.write_text(KSERVE_SERVER.format(threads=THREADS))
     http = free_port()
-    log = tmp / "kserve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(venv / "bin" / "python"), str(script), str(model), str(http), str(free_port())],
-            stdout=out,
-            stderr=out,
-        )
-    url = f"http://127.0.0.1:{http}"
-    wait_ready(f"{url}/v2/models/efficientnet/ready", proc, log)
-    return proc, url
+    argv = [str(venv / "bin" / "python"), str(script), str(model), str(http), str(free_port())]
+    return PeerProcess(argv, tmp / "kserve.log", f"http://127.0.0.1:{http}")
 
 
 def check_answer(url: str, body: bytes, expected: np.ndarray) -> None:
@@ -185,15 +170,17 @@ def main() -> int:
     results: dict[str, list[float]] = {"json-limit": [], "zeroserve": [], "mlserver": [], "kserve": []}
     with tempfile.TemporaryDirectory(prefix="zeroserve-peers-") as d:
         tmp = Path(d)
-        ours = RuntimeProcess(model, tmp / "zeroserve.log", name="efficientnet", threads=THREADS, grpc_port=0)
-        procs: list[subprocess.Popen[bytes]] = []
+        servers: dict[str, RuntimeProcess | PeerProcess] = {
+            "zeroserve": RuntimeProcess(
+                model, tmp / "zeroserve.log", name="efficientnet", threads=THREADS, grpc_port=0
+            ),
+            "mlserver": mlserver(args.mlserver_venv, model, tmp),
+            "kserve": kserve(args.kserve_venv, model, tmp),
+        }
         try:
-            ours.start()
-            ml, ml_url = start_mlserver(args.mlserver_venv, model, tmp)
-            procs.append(ml)
-            ks, ks_url = start_kserve(args.kserve_venv, model, tmp)
-            procs.append(ks)
-            urls = {"zeroserve": ours.url, "mlserver": ml_url, "kserve": ks_url}
+            for server in servers.values():
+                server.start(timeout=120)
+            urls = {name: server.url for name, server in servers.items()}
             for url in urls.values():
                 check_answer(url, body, expected)
             for r in range(args.rounds):
@@ -215,14 +202,8 @@ def main() -> int:
                     flush=True,
                 )
         finally:
-            ours.stop()
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            for server in servers.values():
+                server.stop(grace=15)
     med = {k: statistics.median(v) for k, v in results.items()}
     size = len(body) / 1e6
     print(f"\nEfficientNet-Lite0, ~{size:.1f} MB JSON, concurrency {args.concurrency}, median of rounds")

@@ -151,8 +151,7 @@ class Processes:
 class LocalTarget:
     name: str
     kind: str
-    url: str
-    proc_name: str
+    url: str  # the local process serving it is named like the target
 
 
 def start_targets(procs: Processes, model: DemoModel, cache: Path) -> list[LocalTarget]:
@@ -215,9 +214,9 @@ def start_targets(procs: Processes, model: DemoModel, cache: Path) -> list[Local
         env,
     )
     return [
-        LocalTarget("zeroserve", "oip-rest", f"http://127.0.0.1:{ports[0]}", "zeroserve"),
-        LocalTarget("gcf", "gcf", f"http://127.0.0.1:{ports[1]}", "gcf"),
-        LocalTarget("lambda", "lambda-url", f"http://127.0.0.1:{ports[2]}", "lambda"),
+        LocalTarget("zeroserve", "oip-rest", f"http://127.0.0.1:{ports[0]}"),
+        LocalTarget("gcf", "gcf", f"http://127.0.0.1:{ports[1]}"),
+        LocalTarget("lambda", "lambda-url", f"http://127.0.0.1:{ports[2]}"),
     ]
 
 
@@ -230,9 +229,9 @@ def wait_ready(procs: Processes, targets: list[LocalTarget], timeout_s: float = 
     by_name = dict(procs.procs)
     while pending:
         for name, t in list(pending.items()):
-            proc = by_name[t.proc_name]
+            proc = by_name[t.name]
             if proc.poll() is not None:
-                tail = procs.log_tail(t.proc_name)
+                tail = procs.log_tail(t.name)
                 raise QuickstartError(f"{name} exited with status {proc.returncode} while starting:\n{tail}")
             try:
                 with urllib.request.urlopen(f"{t.url}/v2/health/ready", timeout=2) as r:

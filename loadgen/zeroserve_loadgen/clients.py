@@ -6,7 +6,7 @@ own statistics and events see them too."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -28,6 +28,20 @@ class Outcome(NamedTuple):
     init_s: float  # process start to ready, reported with the cold-start header; -1 otherwise
     ready_age_s: float  # how long after ready the request arrived, with the cold-start header; -1 otherwise
     error: str
+
+
+def _outcome(status: int, latency: float, headers: Mapping[str, str], error: str) -> Outcome:
+    """What the target said about itself: the same headers over HTTP and as gRPC metadata."""
+    return Outcome(
+        status,
+        not error,
+        latency,
+        headers.get(_COLD) == "1",
+        zh.parse_server_timing(headers.get(_TIMING)) or -1.0,
+        _header_float(headers.get(_INIT)),
+        _header_float(headers.get(_AGE)),
+        error,
+    )
 
 
 def _header_float(value: str | None) -> float:
@@ -84,16 +98,7 @@ class RestSender:
             if error:
                 resp.failure(error)
             h = resp.headers if status else {}
-            return Outcome(
-                status,
-                not error,
-                latency,
-                (h.get(_COLD) or "") == "1",
-                zh.parse_server_timing(h.get(_TIMING)) or -1.0,
-                _header_float(h.get(_INIT)),
-                _header_float(h.get(_AGE)),
-                error,
-            )
+            return _outcome(status, latency, h, error)
 
 
 def _error_text(content: bytes | None) -> str:
@@ -222,16 +227,7 @@ class GrpcSender:
             exception=exception,
             context={},
         )
-        return Outcome(
-            status,
-            not error,
-            latency,
-            meta.get(_COLD) == "1",
-            zh.parse_server_timing(meta.get(_TIMING)) or -1.0,
-            _header_float(meta.get(_INIT)),
-            _header_float(meta.get(_AGE)),
-            error[:300],
-        )
+        return _outcome(status, latency, meta, error[:300])
 
 
 _GRPC_TO_HTTP = {

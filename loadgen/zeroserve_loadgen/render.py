@@ -124,7 +124,7 @@ def write_csv(report: Report, summary: Path, samples: Path) -> None:
                 ]
             )
     names = [t.name for t in report.plan.targets]
-    cold = report.cold_start_flags()
+    cold = report.cold_start_flags
     with samples.open("w", newline="") as f:
         w = csv.writer(f)
         # `cold` is the target's own header; `cold_start` is what the report counts (header or gap).
@@ -147,7 +147,7 @@ def plots(report: Report) -> tuple[str, str]:
     import matplotlib.pyplot as plt
 
     names = [t.name for t in report.plan.targets]
-    cold = report.cold_start_flags()
+    cold = report.cold_start_flags
     over_time, ax1 = plt.subplots(figsize=(9, 3.6))
     cdf, ax2 = plt.subplots(figsize=(9, 3.6))
     try:

@@ -7,6 +7,7 @@ import platform
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -134,8 +135,10 @@ class Report:
     workers: int = 1
     run_errors: list[str] = field(default_factory=list)
 
+    @cached_property
     def cold_start_flags(self) -> np.ndarray:
-        """Per sample, in report order: counted as a cold start (by header or by gap)."""
+        """Per sample, in report order: counted as a cold start (by header or by gap). Computed once:
+        both the samples CSV and the plots need it."""
         out = np.zeros(len(self.samples), dtype=bool)
         for k, target in enumerate(self.plan.targets):
             idx = [i for i, s in enumerate(self.samples) if s.target == k]

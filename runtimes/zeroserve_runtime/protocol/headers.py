@@ -47,8 +47,8 @@ class ColdStart:
     with the process's start-to-ready time and how long after ready the request came. Thread-safe:
     functions may serve on threads."""
 
-    def __init__(self, init_seconds: float | None = None) -> None:
-        self.init_seconds = init_seconds
+    def __init__(self) -> None:
+        self.init_seconds: float | None = None  # both set by mark_ready
         self._ready_at: float | None = None
         self._pending = True
         self._lock = threading.Lock()
