@@ -92,7 +92,11 @@ def test_scaling_settings_become_template_annotations() -> None:
 def test_runtime_container_carries_model_and_settings() -> None:
     spec = {
         "model": {"uri": "gs://bucket/m.onnx", "sha256": "a" * 64},
-        "runtime": {"threads": 2, "batching": {"maxBatchSize": 8, "maxQueueDelayMs": 5}},
+        "runtime": {
+            "threads": 1,
+            "parallelInferences": 2,
+            "batching": {"maxBatchSize": 8, "maxQueueDelayMs": 5},
+        },
     }
     ksvc = build(spec)
     c = container(ksvc)
@@ -104,7 +108,8 @@ def test_runtime_container_carries_model_and_settings() -> None:
             "ZEROSERVE_MODEL_NAME": "digits",
             "ZEROSERVE_MODEL_URI": "gs://bucket/m.onnx",
             "ZEROSERVE_MODEL_SHA256": "a" * 64,
-            "ZEROSERVE_THREADS": "2",
+            "ZEROSERVE_THREADS": "1",
+            "ZEROSERVE_PARALLEL_INFERENCES": "2",
             "ZEROSERVE_MAX_BATCH_SIZE": "8",
             "ZEROSERVE_MAX_QUEUE_DELAY_MS": "5",
             "ZEROSERVE_DEVICE": "cpu",

@@ -74,6 +74,12 @@ INVALID = [
     ("pvc without path", with_("model.uri", "pvc://claim"), "spec.model.uri"),
     ("threads on triton", with_("runtime", {"name": "triton", "threads": 4}), "spec.runtime.threads"),
     (
+        "parallel inferences on triton",
+        with_("runtime", {"name": "triton", "parallelInferences": 2}),
+        "spec.runtime.parallelInferences",
+    ),
+    ("parallel inferences 0", with_("runtime.parallelInferences", 0), "spec.runtime.parallelInferences"),
+    (
         "env value and valueFrom",
         with_("env", [{"name": "A", "value": "1", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]),
         "spec.env[0]",

@@ -253,6 +253,31 @@ def test_cold_start_is_accounted_by_phase(linear: RuntimeProcess) -> None:
     assert re.search(r'^zeroserve_model_load_seconds\{model="linear"\} ', text, re.M)
 
 
+def test_grpc_answers_carry_timing_and_the_first_its_cold_start(models, tmp_path: Path) -> None:
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+    from zeroserve_runtime.protocol.headers import (
+        COLD_START,
+        INIT_SECONDS,
+        SERVER_TIMING,
+        parse_server_timing,
+    )
+
+    request = service_pb2.ModelInferRequest(model_name="linear")
+    tensor = request.inputs.add()
+    tensor.name, tensor.datatype = "x", "FP32"
+    tensor.shape.extend(X.shape)
+    request.raw_input_contents.append(X.tobytes())
+    with RuntimeProcess(models["linear"], tmp_path / "log", name="linear") as proc:
+        with grpc.insecure_channel(proc.grpc_address) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            first = dict(stub.ModelInfer.with_call(request)[1].trailing_metadata())
+            second = dict(stub.ModelInfer.with_call(request)[1].trailing_metadata())
+    assert first[COLD_START] == "1" and float(first[INIT_SECONDS]) > 0
+    assert COLD_START not in second and INIT_SECONDS not in second
+    assert all(parse_server_timing(m[SERVER_TIMING]) > 0 for m in (first, second))
+
+
 def test_requests_are_counted_by_outcome(linear: RuntimeProcess) -> None:
     post(linear, infer_body())
     post(linear, infer_body(data=[1]))
@@ -265,8 +290,11 @@ def test_requests_are_counted_by_outcome(linear: RuntimeProcess) -> None:
     )
 
 
-def test_concurrent_requests_are_batched_and_each_gets_its_rows(models, tmp_path: Path) -> None:
-    settings = {"max_batch_size": 16, "max_queue_delay_ms": 50}
+@pytest.mark.parametrize("parallel", [1, 2], ids=["one-inference-thread", "two-parallel-inferences"])
+def test_concurrent_requests_are_batched_and_each_gets_its_rows(
+    models, tmp_path: Path, parallel: int
+) -> None:
+    settings = {"max_batch_size": 16, "max_queue_delay_ms": 50, "parallel_inferences": parallel}
     with RuntimeProcess(models["linear"], tmp_path / "log", name="linear", **settings) as proc:
         rows = [np.full((1, 4), i, dtype=np.float32) for i in range(24)]
         expected = raw(models["linear"], {"x": np.concatenate(rows)})["y"]

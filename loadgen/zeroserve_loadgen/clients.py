@@ -207,7 +207,7 @@ class GrpcSender:
                 self.request, timeout=self.timeout, metadata=self.metadata or None
             )
             length = response.ByteSize()
-            meta = dict(call.initial_metadata() or ())
+            meta = dict(call.trailing_metadata() or ())
             if not response.outputs:
                 error = "response without outputs"
         except self._rpc_error as e:

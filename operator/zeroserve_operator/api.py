@@ -133,7 +133,17 @@ class Runtime(_Spec):
         default=None,
         ge=1,
         le=256,
-        description="Intra-op threads per inference. Defaults to the CPUs the container may use.",
+        description="Intra-op threads per inference. Defaults to the CPUs the container may use, shared "
+        "among parallelInferences.",
+    )
+    parallel_inferences: int | None = Field(
+        default=None,
+        alias="parallelInferences",
+        ge=1,
+        le=64,
+        description="Inferences the onnx runtime runs at once on the one loaded model (default 1). 1 gives "
+        "each request every core, for the lowest latency; one per CPU, each with 1 thread, gives the most "
+        "throughput under concurrent load.",
     )
     batching: Batching | None = Field(default=None, description="Adaptive batching of concurrent requests.")
 
@@ -313,6 +323,12 @@ class ModelServiceSpec(_Spec):
             "self.runtime.name != 'triton' || !has(self.runtime.threads)",
             "runtime.threads applies to the onnx runtime; Triton takes threads from its model config",
             ".runtime.threads",
+        ),
+        cel(
+            "self.runtime.name != 'triton' || !has(self.runtime.parallelInferences)",
+            "runtime.parallelInferences applies to the onnx runtime; Triton takes instances from its model "
+            "config",
+            ".runtime.parallelInferences",
         ),
     )
     model: ModelSource = Field(description="The model to serve.")

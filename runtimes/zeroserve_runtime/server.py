@@ -79,7 +79,9 @@ class Runtime:
         self.metrics.fetch_seconds.labels(name).set(loader.marks["fetch"])
         self.metrics.load_seconds.labels(name).set(loader.marks["load"])
 
-        self.batcher = Batcher(model, s.max_batch_size, s.max_queue_delay_ms / 1000, self.metrics)
+        self.batcher = Batcher(
+            model, s.max_batch_size, s.max_queue_delay_ms / 1000, self.metrics, s.parallel_inferences
+        )
         self.batcher.start()
         if s.grpc_port:
             from zeroserve_runtime.grpc_server import build_server
@@ -95,12 +97,13 @@ class Runtime:
         for phase, seconds in phases.items():
             self.metrics.cold_start_seconds.labels(phase).set(seconds)
         log.info(
-            "model %s ready in %.3fs (%s); REST :%d%s; batching %s",
+            "model %s ready in %.3fs (%s); REST :%d%s; %d parallel inference(s); batching %s",
             name,
             phases["total"],
             ", ".join(f"{k} {v:.3f}s" for k, v in phases.items() if k != "total"),
             s.http_port,
             f", gRPC :{s.grpc_port}" if s.grpc_port else "",
+            s.parallel_inferences,
             f"up to {self.batcher.max_batch_size}" if self.batcher.max_batch_size > 1 else "off",
         )
 

@@ -47,7 +47,18 @@ class RuntimeSettings(BaseSettings):
     grpc_port: int = Field(default=9000, ge=0, le=65535, description="gRPC (OIP v2) port; 0 turns gRPC off.")
     device: Literal["cpu", "gpu"] = Field(default="cpu", description="gpu uses CUDA when onnxruntime has it.")
     threads: int | None = Field(
-        default=None, ge=1, le=256, description="Intra-op threads; default: the CPUs this container may use."
+        default=None,
+        ge=1,
+        le=256,
+        description="Intra-op threads per inference; default: the CPUs this container may use, shared "
+        "among the parallel inferences.",
+    )
+    parallel_inferences: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Inferences run at once on the one session. 1 gives each request every core (lowest "
+        "latency); one per CPU with 1 thread each gives the most throughput under concurrent load.",
     )
     max_batch_size: int = Field(default=1, ge=1, le=1024, description="Adaptive batching; 1 turns it off.")
     max_queue_delay_ms: float = Field(
@@ -65,4 +76,4 @@ class RuntimeSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
 
     def intra_op_threads(self) -> int:
-        return self.threads or available_cpus()
+        return self.threads or max(1, available_cpus() // self.parallel_inferences)

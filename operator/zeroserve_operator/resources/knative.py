@@ -99,6 +99,7 @@ def runtime_env(name: str, spec: ModelServiceSpec) -> list[dict[str, Any]]:
         "ZEROSERVE_GRPC_PORT": GRPC_PORT if spec.runtime.protocol == "grpc" else 0,
         "ZEROSERVE_DEVICE": "gpu" if is_gpu(spec) else "cpu",
         "ZEROSERVE_THREADS": spec.runtime.threads,
+        "ZEROSERVE_PARALLEL_INFERENCES": spec.runtime.parallel_inferences,
         # The runtime's admission limit matches Knative's hard limit, so the queue-proxy and the server
         # agree on what "full" means (0: unlimited in Knative, the runtime's own default then).
         "ZEROSERVE_MAX_CONCURRENCY": spec.scaling.container_concurrency or None,

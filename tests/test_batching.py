@@ -1,0 +1,92 @@
+"""The batcher in-process, on a real onnxruntime session: parallel inferences overlap on the one session,
+a single inference thread never does, and every caller gets its own rows either way."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from runtimeproc import linear_model
+from zeroserve_runtime.batching import Batcher
+from zeroserve_runtime.metrics import RuntimeMetrics
+from zeroserve_runtime.model import OnnxModel
+
+
+class RecordingModel(OnnxModel):
+    """The real model, with each run held at a barrier: runs that overlap meet there, and the most
+    that were ever inside run() at once is recorded."""
+
+    def __init__(self, path: Path, parties: int) -> None:
+        super().__init__("linear", path, threads=1)
+        self.barrier = threading.Barrier(parties, timeout=1)
+        self.lock = threading.Lock()
+        self.inside = self.most_inside = 0
+        self.met = 0
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self.lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            self.barrier.wait()
+            self.met += 1
+        except threading.BrokenBarrierError:
+            pass  # no other run came: this one goes on alone
+        try:
+            return super().run(feeds)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+async def _infer_all(batcher: Batcher, rows: list[np.ndarray]) -> list[list[np.ndarray]]:
+    batcher.start()
+    try:
+        return await asyncio.gather(*(batcher.infer({"x": r}) for r in rows))
+    finally:
+        await batcher.stop()
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_parallel_inferences_share_the_session(tmp_path: Path, parallel: int) -> None:
+    path = linear_model(tmp_path / "linear.onnx")
+    model = RecordingModel(path, parties=2)
+    batcher = Batcher(
+        model, max_batch_size=1, max_queue_delay_s=0, metrics=RuntimeMetrics(), parallel=parallel
+    )
+    rows = [np.full((1, 4), i, dtype=np.float32) for i in range(6)]
+
+    results = asyncio.run(_infer_all(batcher, rows))
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for row, outputs in zip(rows, results, strict=True):
+        np.testing.assert_allclose(outputs[0], session.run(["y"], {"x": row})[0], rtol=1e-6)
+    assert model.most_inside == parallel
+    if parallel == 2:
+        assert model.met >= 2, "no two runs were ever inside the session together"
+    else:
+        assert model.met == 0
+    assert not any(t.is_alive() for t in batcher._threads), "stop() left an inference thread running"
+
+
+def test_parallel_batches_still_fill_and_split(tmp_path: Path) -> None:
+    """One thread collects at a time, so requests queued together still go out as one batch while the
+    other thread runs, and each caller gets its own rows back."""
+    path = linear_model(tmp_path / "linear.onnx")
+    metrics = RuntimeMetrics()
+    model = OnnxModel("linear", path, threads=1)
+    batcher = Batcher(model, max_batch_size=8, max_queue_delay_s=0.05, metrics=metrics, parallel=2)
+    rows = [np.full((1, 4), i, dtype=np.float32) for i in range(16)]
+
+    results = asyncio.run(_infer_all(batcher, rows))
+
+    expected = model.session.run(["y"], {"x": np.concatenate(rows)})[0]
+    for i, outputs in enumerate(results):
+        np.testing.assert_allclose(outputs[0], expected[i : i + 1], rtol=1e-6)
+    batches = metrics.registry.get_sample_value("zeroserve_batch_size_count", {"model": "linear"})
+    merged = metrics.registry.get_sample_value("zeroserve_batch_size_sum", {"model": "linear"})
+    assert merged == 16 and batches is not None and batches <= 4, f"{batches} batches for 16 requests"
