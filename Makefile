@@ -50,7 +50,7 @@ bench-controlplane: $(STAMP) control-plane
 bench-operator: $(STAMP) control-plane
 	$(BIN)/python bench/operator_scale.py --count 1000
 
-## bench-runtime: the runtime server vs raw onnxruntime (needs wrk: apt-get install wrk)
+## bench-runtime: the runtime server vs raw onnxruntime (apt-get install wrk nghttp2-client)
 bench-runtime: $(STAMP)
 	$(BIN)/python bench/runtime_throughput.py
 

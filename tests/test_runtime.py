@@ -253,6 +253,22 @@ def test_cold_start_is_accounted_by_phase(linear: RuntimeProcess) -> None:
     assert re.search(r'^zeroserve_model_load_seconds\{model="linear"\} ', text, re.M)
 
 
+def test_process_start_is_read_to_the_clock_tick() -> None:
+    """Cold-start figures count from the process's start; a start read off by a fraction of a second
+    (as whole-second btime arithmetic is) would shift every one of them."""
+    import subprocess
+    import sys
+    import time
+
+    code = "from zeroserve_runtime.coldstart import process_start_time; print(process_start_time())"
+    for _ in range(3):
+        before = time.time()
+        started = float(subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout)
+        after = time.time()
+        # The kernel counts the start in 10 ms ticks, rounded down.
+        assert before - 0.011 <= started <= after, (before, started, after)
+
+
 def test_grpc_answers_carry_timing_and_the_first_its_cold_start(models, tmp_path: Path) -> None:
     import grpc
     from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -276,6 +292,41 @@ def test_grpc_answers_carry_timing_and_the_first_its_cold_start(models, tmp_path
     assert first[COLD_START] == "1" and float(first[INIT_SECONDS]) > 0
     assert COLD_START not in second and INIT_SECONDS not in second
     assert all(parse_server_timing(m[SERVER_TIMING]) > 0 for m in (first, second))
+
+
+def test_a_call_the_client_gives_up_on_counts_as_cancelled_not_error(tmp_path: Path) -> None:
+    import time
+
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    feeds = {
+        "input_ids": np.full((32, 128), 1000, dtype=np.int64),
+        "attention_mask": np.ones((32, 128), dtype=np.int64),
+        "token_type_ids": np.zeros((32, 128), dtype=np.int64),
+    }
+    request = service_pb2.ModelInferRequest(model_name="minilm")
+    for name, array in feeds.items():
+        tensor = request.inputs.add()
+        tensor.name, tensor.datatype = name, "INT64"
+        tensor.shape.extend(array.shape)
+        request.raw_input_contents.append(array.tobytes())
+    with RuntimeProcess(shared_model("minilm-l6.onnx"), tmp_path / "log", name="minilm") as proc:
+        options = [("grpc.max_receive_message_length", 64 << 20)]
+        with grpc.insecure_channel(proc.grpc_address, options=options) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(request, timeout=0.1)  # a batch of 32 x 128 tokens takes far longer
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            stub.ModelInfer(request)  # the server is still serving
+        pattern = r'^zeroserve_requests_total\{model="minilm",outcome="(\w+)",protocol="grpc"\} (\S+)'
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            outcomes = {m[1]: float(m[2]) for m in re.finditer(pattern, proc.metrics(), re.M)}
+            if "cancelled" in outcomes:
+                break
+            time.sleep(0.05)
+    assert outcomes == {"cancelled": 1, "success": 1}, outcomes
 
 
 def test_requests_are_counted_by_outcome(linear: RuntimeProcess) -> None:

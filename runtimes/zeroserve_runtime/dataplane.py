@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
@@ -87,6 +88,9 @@ class DataPlane:
             raise
         except ServingError as e:
             outcome = type(e).__name__.lower()
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"  # the client went away (a closed connection, a deadline): not our error
             raise
         finally:
             self.metrics.requests.labels(self.model_name, protocol, outcome).inc()

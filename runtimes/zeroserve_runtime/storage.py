@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import tempfile
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -40,6 +39,10 @@ def _download_to(target: Path, write: callable) -> None:  # type: ignore[valid-t
 
 
 def _http(uri: str, target: Path) -> None:
+    # Imported here: urllib.request pulls in http.client, email and ssl, CPU time that every cold start
+    # from a local or pvc:// model would pay under the GIL for nothing.
+    import urllib.request
+
     def write(f) -> None:  # type: ignore[no-untyped-def]
         with urllib.request.urlopen(uri, timeout=60) as response:
             shutil.copyfileobj(response, f, CHUNK)
