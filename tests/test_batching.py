@@ -90,3 +90,22 @@ def test_parallel_batches_still_fill_and_split(tmp_path: Path) -> None:
     batches = metrics.registry.get_sample_value("zeroserve_batch_size_count", {"model": "linear"})
     merged = metrics.registry.get_sample_value("zeroserve_batch_size_sum", {"model": "linear"})
     assert merged == 16 and batches is not None and batches <= 4, f"{batches} batches for 16 requests"
+
+
+def test_with_a_thread_idle_a_batch_takes_only_its_share(tmp_path: Path) -> None:
+    """Eight requests queued at once, batches of up to 8, two threads: they split the eight and run side
+    by side, rather than one batch holding every request while the other thread waits."""
+    path = linear_model(tmp_path / "linear.onnx")
+    metrics = RuntimeMetrics()
+    model = RecordingModel(path, parties=2)
+    batcher = Batcher(model, max_batch_size=8, max_queue_delay_s=0.05, metrics=metrics, parallel=2)
+    rows = [np.full((1, 4), i, dtype=np.float32) for i in range(8)]
+
+    results = asyncio.run(_infer_all(batcher, rows))
+
+    expected = model.session.run(["y"], {"x": np.concatenate(rows)})[0]
+    for i, outputs in enumerate(results):
+        np.testing.assert_allclose(outputs[0], expected[i : i + 1], rtol=1e-6)
+    assert model.met == 2, "the two batches did not run side by side"
+    sizes = metrics.registry.get_sample_value("zeroserve_batch_size_count", {"model": "linear"})
+    assert sizes == 2, f"{sizes} batches for 8 requests split between 2 threads"
