@@ -10,6 +10,7 @@ Paths:
   rest-json   wrk -> zeroserve serve, JSON tensors
   rest-bin    wrk -> zeroserve serve, binary tensor extension
   grpc        h2load -> zeroserve serve, raw_input_contents
+  grpc-floor  h2load -> the least a grpcio server can do (bench/grpc_floor_server.py), for reference
   cold start  process start -> first successful inference, vs raw python+import+load+run
 Each goal is judged strictly: the server's best configuration against raw's best.
 MiniLM-L6 at concurrency 16, at a short (16) and the longest (128) sequence: adaptive batching vs
@@ -41,6 +42,7 @@ import onnxruntime as ort
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from controlplane import free_port
 from runtimeproc import RuntimeProcess, binary_body, shared_model
 
 THREADS = 2
@@ -219,6 +221,20 @@ def server(model: Path, log: Path, name: str, config: str, **settings: object) -
     return RuntimeProcess(model, log, name=name, parallel_inferences=parallel, threads=threads, **settings)
 
 
+def grpc_floor_rate(model: Path, config: str, concurrency: int, seconds: float, tmp: Path) -> float:
+    parallel, threads = CONFIGS[config]
+    port = free_port()
+    script = Path(__file__).resolve().parent / "grpc_floor_server.py"
+    argv = [sys.executable, str(script), str(model), str(port), str(parallel), str(threads)]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as floor:
+        try:
+            if floor.stdout is None or floor.stdout.readline().strip() != "ready":
+                raise RuntimeError("the gRPC floor server did not start")
+            return h2load_grpc(f"127.0.0.1:{port}", "efficientnet", concurrency, seconds, tmp)
+        finally:
+            floor.kill()
+
+
 def require_tools() -> None:
     missing = [tool for tool in ("wrk", "h2load") if shutil.which(tool) is None]
     if missing:
@@ -231,7 +247,7 @@ def efficientnet(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, flo
     image = np.round(np.random.default_rng(0).standard_normal((1, 3, 224, 224)), 3).astype(np.float32)
     jbody = json_body("input", image)
     bbody, hlen = binary_body({"input": image})
-    paths = ("raw", "json-limit", "rest-bin", "grpc", "rest-json")
+    paths = ("raw", "json-limit", "rest-bin", "grpc", "grpc-floor", "rest-json")
     samples = {c: {p: [] for p in paths} for c in CONFIGS}
     sessions = {c: configured_session(model, threads) for c, (_, threads) in CONFIGS.items()}
 
@@ -257,6 +273,7 @@ def efficientnet(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, flo
                 got["rest-json"].append(
                     wrk(url, jbody, {"Content-Type": "application/json"}, conc, secs, tmp)["rps"]
                 )
+            got["grpc-floor"].append(grpc_floor_rate(model, config, conc, secs, tmp))
             print(
                 f"round {round_} {config}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in got.items()),
                 flush=True,
@@ -321,11 +338,11 @@ def main() -> int:
     names = list(CONFIGS)
     print(f"{'path':<12}" + "".join(f"{f'{c} {CONFIGS[c][0]}x{CONFIGS[c][1]}':>26}" for c in names))
     goals = {"rest-json": ("json-limit", 0.80), "rest-bin": ("raw", 0.85), "grpc": ("raw", 0.85)}
-    for path in ("raw", "json-limit", "rest-json", "rest-bin", "grpc"):
+    for path in ("raw", "json-limit", "rest-json", "rest-bin", "grpc", "grpc-floor"):
         cells = []
         for c in names:
             value = results[c][path]
-            limit = goals.get(path, (None,))[0]
+            limit = "raw" if path == "grpc-floor" else goals.get(path, (None,))[0]
             share = f" = {value / results[c][limit]:.0%} of {limit}" if limit else ""
             cells.append(f"{value:.0f}/s{share}")
         print(f"{path:<12}" + "".join(f"{cell:>26}" for cell in cells))
@@ -340,6 +357,11 @@ def main() -> int:
             f"  {path:<10} {best:.0f}/s / {limit} {best_limit:.0f}/s = {ratio:.0%}  (>= {goal:.0%}: "
             f"{'met' if ratio >= goal else 'MISSED'})"
         )
+    floor = max(results[c]["grpc-floor"] for c in names)
+    print(
+        f"  (grpc against the least a grpcio server does, {floor:.0f}/s: "
+        f"{max(results[c]['grpc'] for c in names) / floor:.0%})"
+    )
     cold, ref = statistics.median(ours), statistics.median(raw_cold)
     met &= cold <= 0.4
     print(
