@@ -54,7 +54,8 @@ def decode_request(request: service_pb2.ModelInferRequest) -> InferRequest:
         dtype = numpy_dtype(tensor.datatype, name)
         shape = checked_shape(list(tensor.shape), name)
         if raw:
-            inputs[name] = from_buffer(raw[i], 0, len(raw[i]), dtype, shape, name)
+            data = raw[i]  # each index into the repeated field copies the whole tensor out of the message
+            inputs[name] = from_buffer(data, 0, len(data), dtype, shape, name)
         else:
             field = CONTENTS_FIELD.get(tensor.datatype)
             values = getattr(tensor.contents, field) if field else []
