@@ -3,7 +3,8 @@ batch 1, the same ~1 MB OIP v2 JSON body from wrk at concurrency 4, in interleav
 in-process JSON limit (orjson decode + numpy + session.run) as the reference.
 
 Each peer runs from its own virtualenv, as its users install it, serving the model through its own
-custom-model API with onnxruntime at 2 intra-op threads:
+custom-model API with onnxruntime at 2 intra-op threads, as zeroserve does by default; zeroserve also runs
+with 2 parallel inferences of 1 thread each (zeroserve-2x1):
 
     python3 -m venv /tmp/peers && /tmp/peers/bin/pip install mlserver onnxruntime numpy
     python3 -m venv /tmp/peers-kserve && /tmp/peers-kserve/bin/pip install kserve onnxruntime numpy
@@ -167,12 +168,23 @@ def main() -> int:
         s.run(None, {"input": np.asarray(item["data"], dtype=np.float32).reshape(item["shape"])})
 
     headers = {"Content-Type": "application/json"}
-    results: dict[str, list[float]] = {"json-limit": [], "zeroserve": [], "mlserver": [], "kserve": []}
+    names = ["json-limit", "zeroserve", "zeroserve-2x1", "mlserver", "kserve"]
+    results: dict[str, list[float]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="zeroserve-peers-") as d:
         tmp = Path(d)
         servers: dict[str, RuntimeProcess | PeerProcess] = {
             "zeroserve": RuntimeProcess(
                 model, tmp / "zeroserve.log", name="efficientnet", threads=THREADS, grpc_port=0
+            ),
+            # Zeroserve can also run two inferences at once on one session, which neither peer can in
+            # one process: shown apart, the comparison above stays like for like.
+            "zeroserve-2x1": RuntimeProcess(
+                model,
+                tmp / "zeroserve-2x1.log",
+                name="efficientnet",
+                threads=1,
+                parallel_inferences=2,
+                grpc_port=0,
             ),
             "mlserver": mlserver(args.mlserver_venv, model, tmp),
             "kserve": kserve(args.kserve_venv, model, tmp),
