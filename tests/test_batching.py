@@ -51,6 +51,16 @@ async def _infer_all(batcher: Batcher, rows: list[np.ndarray]) -> list[list[np.n
         await batcher.stop()
 
 
+def _serve_rows(batcher: Batcher, path: Path, count: int) -> None:
+    """`count` one-row requests queued at once; each caller must get exactly its own row's answer."""
+    rows = [np.full((1, 4), i, dtype=np.float32) for i in range(count)]
+    results = asyncio.run(_infer_all(batcher, rows))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = session.run(["y"], {"x": np.concatenate(rows)})[0]
+    for i, outputs in enumerate(results):
+        np.testing.assert_allclose(outputs[0], expected[i : i + 1], rtol=1e-6)
+
+
 @pytest.mark.parametrize("parallel", [1, 2])
 def test_parallel_inferences_share_the_session(tmp_path: Path, parallel: int) -> None:
     path = linear_model(tmp_path / "linear.onnx")
@@ -58,13 +68,9 @@ def test_parallel_inferences_share_the_session(tmp_path: Path, parallel: int) ->
     batcher = Batcher(
         model, max_batch_size=1, max_queue_delay_s=0, metrics=RuntimeMetrics(), parallel=parallel
     )
-    rows = [np.full((1, 4), i, dtype=np.float32) for i in range(6)]
 
-    results = asyncio.run(_infer_all(batcher, rows))
+    _serve_rows(batcher, path, 6)
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for row, outputs in zip(rows, results, strict=True):
-        np.testing.assert_allclose(outputs[0], session.run(["y"], {"x": row})[0], rtol=1e-6)
     assert model.most_inside == parallel
     if parallel == 2:
         assert model.met >= 2, "no two runs were ever inside the session together"
@@ -74,19 +80,20 @@ def test_parallel_inferences_share_the_session(tmp_path: Path, parallel: int) ->
 
 
 def test_parallel_batches_still_fill_and_split(tmp_path: Path) -> None:
-    """One thread collects at a time, so requests queued together still go out as one batch while the
+    """One thread collects at a time, so requests queued together still go out in batches while the
     other thread runs, and each caller gets its own rows back."""
     path = linear_model(tmp_path / "linear.onnx")
     metrics = RuntimeMetrics()
-    model = OnnxModel("linear", path, threads=1)
-    batcher = Batcher(model, max_batch_size=8, max_queue_delay_s=0.05, metrics=metrics, parallel=2)
-    rows = [np.full((1, 4), i, dtype=np.float32) for i in range(16)]
+    batcher = Batcher(
+        OnnxModel("linear", path, threads=1),
+        max_batch_size=8,
+        max_queue_delay_s=0.05,
+        metrics=metrics,
+        parallel=2,
+    )
 
-    results = asyncio.run(_infer_all(batcher, rows))
+    _serve_rows(batcher, path, 16)
 
-    expected = model.session.run(["y"], {"x": np.concatenate(rows)})[0]
-    for i, outputs in enumerate(results):
-        np.testing.assert_allclose(outputs[0], expected[i : i + 1], rtol=1e-6)
     batches = metrics.registry.get_sample_value("zeroserve_batch_size_count", {"model": "linear"})
     merged = metrics.registry.get_sample_value("zeroserve_batch_size_sum", {"model": "linear"})
     assert merged == 16 and batches is not None and batches <= 4, f"{batches} batches for 16 requests"
@@ -99,13 +106,9 @@ def test_with_a_thread_idle_a_batch_takes_only_its_share(tmp_path: Path) -> None
     metrics = RuntimeMetrics()
     model = RecordingModel(path, parties=2)
     batcher = Batcher(model, max_batch_size=8, max_queue_delay_s=0.05, metrics=metrics, parallel=2)
-    rows = [np.full((1, 4), i, dtype=np.float32) for i in range(8)]
 
-    results = asyncio.run(_infer_all(batcher, rows))
+    _serve_rows(batcher, path, 8)
 
-    expected = model.session.run(["y"], {"x": np.concatenate(rows)})[0]
-    for i, outputs in enumerate(results):
-        np.testing.assert_allclose(outputs[0], expected[i : i + 1], rtol=1e-6)
     assert model.met == 2, "the two batches did not run side by side"
     sizes = metrics.registry.get_sample_value("zeroserve_batch_size_count", {"model": "linear"})
     assert sizes == 2, f"{sizes} batches for 8 requests split between 2 threads"
