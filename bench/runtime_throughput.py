@@ -49,10 +49,7 @@ THREADS = 2
 
 
 def session(model: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    return configured_session(model, THREADS)
 
 
 def rate(fn, seconds: float) -> float:  # type: ignore[no-untyped-def]

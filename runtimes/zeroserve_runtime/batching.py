@@ -110,7 +110,6 @@ class Batcher:
         self._queue: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
         self._held: _Item | None = None  # guarded by _collecting
         self._collecting = threading.Lock()
-        self._parallel = parallel
         self._running = 0  # threads inside _execute, guarded by _counting
         self._counting = threading.Lock()
         # onnxruntime releases the GIL in run(), so these threads run the session in parallel.
@@ -182,7 +181,7 @@ class Batcher:
         assert isinstance(first, _Item)
         batch, rows = [first], first.rows
         with self._counting:
-            idle = self._parallel - 1 - self._running
+            idle = len(self._threads) - 1 - self._running
         limit = -(-self.max_batch_size // (idle + 1))  # this batch's share, rounded up
         deadline = time.perf_counter() + self.max_delay
         while rows < limit:

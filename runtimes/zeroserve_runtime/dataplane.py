@@ -13,6 +13,7 @@ from zeroserve_runtime.errors import InvalidInput, ModelNotReady, ServerBusy, Se
 from zeroserve_runtime.inference import build_response, check_served, wanted_outputs
 from zeroserve_runtime.metrics import RuntimeMetrics
 from zeroserve_runtime.model import OnnxModel
+from zeroserve_runtime.protocol.headers import ColdStart
 from zeroserve_runtime.protocol.tensors import InferRequest, InferResponse
 
 SERVER_NAME = "zeroserve"
@@ -27,8 +28,12 @@ class DataPlane:
         self.model: OnnxModel | None = None
         self.batcher: Batcher | None = None
         self.draining = False
+        # Both transports put its timing and cold-start headers on their answers.
+        self.cold_start = ColdStart()
 
-    def attach(self, model: OnnxModel, batcher: Batcher) -> None:
+    def attach(self, model: OnnxModel, batcher: Batcher, init_seconds: float) -> None:
+        """Turn ready. The start-to-ready time is recorded first, so the first answer carries it."""
+        self.cold_start.mark_ready(init_seconds)
         self.model, self.batcher = model, batcher
 
     # -- health and metadata ---------------------------------------------------------------------------

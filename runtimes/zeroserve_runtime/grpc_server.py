@@ -12,7 +12,6 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from zeroserve_runtime.dataplane import DataPlane
 from zeroserve_runtime.errors import InvalidInput, ServingError
-from zeroserve_runtime.protocol.headers import ColdStart
 from zeroserve_runtime.protocol.tensors import (
     NUMPY_TO_DATATYPE,
     InferRequest,
@@ -79,9 +78,8 @@ def decode_request(request: service_pb2.ModelInferRequest) -> InferRequest:
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane, cold_start: ColdStart) -> None:
+    def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
-        self.cold_start = cold_start
 
     async def _abort(self, context: grpc.aio.ServicerContext, error: ServingError) -> None:
         await context.abort(getattr(grpc.StatusCode, error.grpc_code), error.message)
@@ -133,7 +131,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             # out with the status, where sending initial metadata first costs its own round through the
             # core (a tenth of the event loop's time under load).
             context.set_trailing_metadata(
-                tuple(self.cold_start.response_headers(time.perf_counter() - started, started).items())
+                tuple(
+                    self.dataplane.cold_start.response_headers(time.perf_counter() - started, started).items()
+                )
             )
         except ServingError as e:
             await self._abort(context, e)
@@ -154,9 +154,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return out
 
 
-def build_server(
-    dataplane: DataPlane, address: str, max_message_bytes: int, cold_start: ColdStart | None = None
-) -> grpc.aio.Server:
+def build_server(dataplane: DataPlane, address: str, max_message_bytes: int) -> grpc.aio.Server:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -168,9 +166,7 @@ def build_server(
             ("grpc.http2.max_frame_size", 1 << 20),
         ]
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(dataplane, cold_start or ColdStart()), server
-    )
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot listen for gRPC on {address}")
     return server

@@ -16,7 +16,6 @@ from zeroserve_runtime.dataplane import DataPlane
 from zeroserve_runtime.errors import InvalidInput, PayloadTooLarge, ServerBusy, ServingError
 from zeroserve_runtime.metrics import RuntimeMetrics
 from zeroserve_runtime.protocol import rest_codec
-from zeroserve_runtime.protocol.headers import ColdStart
 
 log = logging.getLogger("zeroserve.runtime")
 
@@ -29,15 +28,8 @@ JSON = b"application/json"
 
 
 class RestApp:
-    def __init__(
-        self,
-        dataplane: DataPlane,
-        metrics: RuntimeMetrics,
-        max_request_bytes: int,
-        cold_start: ColdStart | None = None,
-    ) -> None:
+    def __init__(self, dataplane: DataPlane, metrics: RuntimeMetrics, max_request_bytes: int) -> None:
         self.dataplane = dataplane
-        self.cold_start = cold_start or ColdStart()
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
 
@@ -112,13 +104,8 @@ class RestApp:
         finally:
             admission.__exit__(None, None, None)
         payload, header_length = rest_codec.encode_response(response)
-        out = self.cold_start.response_headers(time.perf_counter() - started, started)
-        if header_length is None:
-            out["content-type"] = "application/json"
-        else:
-            out["content-type"] = "application/octet-stream"
-            out["inference-header-content-length"] = str(header_length)
-        return 200, payload, out
+        out = self.dataplane.cold_start.response_headers(time.perf_counter() - started, started)
+        return 200, payload, {**out, **rest_codec.content_headers(header_length)}
 
     @staticmethod
     async def _discard_body(receive: Receive) -> None:

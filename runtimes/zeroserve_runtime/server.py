@@ -20,7 +20,6 @@ from zeroserve_runtime.coldstart import ModelLoader
 from zeroserve_runtime.dataplane import DataPlane
 from zeroserve_runtime.errors import ModelLoadError
 from zeroserve_runtime.metrics import RuntimeMetrics
-from zeroserve_runtime.protocol.headers import ColdStart
 from zeroserve_runtime.rest import RestApp
 from zeroserve_runtime.settings import RuntimeSettings
 
@@ -46,7 +45,6 @@ class Runtime:
         self.http: _Uvicorn | None = None
         self.grpc = None
         self.batcher: Batcher | None = None
-        self.cold_start = ColdStart()
 
     async def run(self, loader: ModelLoader, imported_at: float) -> None:
         s = self.settings
@@ -56,7 +54,7 @@ class Runtime:
 
         # Listen first: liveness answers while the model loads; readiness waits for it.
         config = uvicorn.Config(
-            RestApp(self.dataplane, self.metrics, s.max_request_bytes, self.cold_start),
+            RestApp(self.dataplane, self.metrics, s.max_request_bytes),
             host=s.host,
             port=s.http_port,
             http="httptools",
@@ -86,14 +84,10 @@ class Runtime:
         if s.grpc_port:
             from zeroserve_runtime.grpc_server import build_server
 
-            self.grpc = build_server(
-                self.dataplane, f"{s.host}:{s.grpc_port}", s.max_request_bytes, self.cold_start
-            )
+            self.grpc = build_server(self.dataplane, f"{s.host}:{s.grpc_port}", s.max_request_bytes)
             await self.grpc.start()
         phases = loader.phases(imported_at, time.time())
-        # Before attach: the first answer must already carry the start-to-ready time.
-        self.cold_start.mark_ready(phases["total"])
-        self.dataplane.attach(model, self.batcher)
+        self.dataplane.attach(model, self.batcher, phases["total"])
         for phase, seconds in phases.items():
             self.metrics.cold_start_seconds.labels(phase).set(seconds)
         log.info(

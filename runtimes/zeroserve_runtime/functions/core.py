@@ -68,8 +68,9 @@ class FunctionApp:
         self.init_seconds = time.time() - started_at
         self.cold_start = ColdStart()
         self.cold_start.mark_ready(self.init_seconds)
-        # One session.run at a time, as the server's single inference thread does: concurrent runs would
-        # each start intra-op threads on the same few cores and all finish later. Waiting here is queue
+        # One session.run at a time, as the server runs by default (one inference with every core's
+        # intra-op threads): concurrent runs would each start intra-op threads on the same few cores
+        # and all finish later. Waiting here is queue
         # time, which the server's Server-Timing counts too.
         self._run_lock = threading.Lock()
         log.info(
@@ -136,12 +137,7 @@ class FunctionApp:
         payload, header_length = rest_codec.encode_response(response)
         # Billed time runs from handler entry to the response, decoding and encoding included.
         out = self.cold_start.response_headers(time.perf_counter() - entered, entered)
-        if header_length is None:
-            out["content-type"] = JSON
-        else:
-            out["content-type"] = "application/octet-stream"
-            out[rest_codec.HEADER_LENGTH] = str(header_length)
-        return 200, out, payload
+        return 200, {**out, **rest_codec.content_headers(header_length)}, payload
 
 
 def load_settings() -> RuntimeSettings:

@@ -123,6 +123,13 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     )
 
 
+def content_headers(header_length: int | None) -> dict[str, str]:
+    """The headers that describe a body from encode_response: JSON, or the binary tensor extension."""
+    if header_length is None:
+        return {"content-type": "application/json"}
+    return {"content-type": "application/octet-stream", HEADER_LENGTH: str(header_length)}
+
+
 def encode_response(response: InferResponse) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when any output is binary."""
     outputs = []
