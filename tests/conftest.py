@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from controlplane import Binaries, ControlPlane, ControlPlaneError
 from kubernetes_asyncio import client as aclient
 from kubernetes_asyncio import config as aconfig
+from runtimeproc import int_model, linear_model
 
 _running: ControlPlane | None = None
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny ONNX models the runtime and function tests serve: FP32 linear, INT64 ints."""
+    d = tmp_path_factory.mktemp("models")
+    return {"linear": linear_model(d / "linear.onnx"), "ints": int_model(d / "ints.onnx")}
 
 
 @pytest.fixture(scope="session")

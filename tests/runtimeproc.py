@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from controlplane import free_port
 from onnx import TensorProto, helper
-from serviceproc import ServiceProcess
+from serviceproc import OipProcess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # CI lays shared/ beside the clone; ZEROSERVE_SHARED_MODELS points elsewhere when it is not.
@@ -112,11 +112,11 @@ def lookup_model(path: Path) -> Path:
     return _save(graph, path)
 
 
-class RuntimeProcess(ServiceProcess):
+class RuntimeProcess(OipProcess):
     what = "runtime"
 
     def __init__(self, model: Path | str, log_path: Path, name: str = "model", **settings: object) -> None:
-        self.http_port = free_port()
+        http_port = free_port()
         self.grpc_port = free_port()
         self.name = name
         argv = [
@@ -125,24 +125,12 @@ class RuntimeProcess(ServiceProcess):
             f"--model-uri={model}",
             f"--model-name={name}",
             "--host=127.0.0.1",
-            f"--http-port={self.http_port}",
+            f"--http-port={http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--cache-dir={log_path.parent / 'cache'}",
             *(f"--{k.replace('_', '-')}={v}" for k, v in settings.items()),
         ]
-        super().__init__(argv, log_path)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def ready_url(self) -> str:
-        return f"{self.url}/v2/health/ready"
-
-    @property
-    def http_address(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        super().__init__(argv, http_port, log_path)
 
     @property
     def grpc_address(self) -> str:

@@ -99,3 +99,24 @@ class ServiceProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class OipProcess(ServiceProcess):
+    """An OIP v2 REST server on a loopback port (the runtime, a function's local server): ready once it
+    answers /v2/health/ready."""
+
+    def __init__(self, argv: list[str], port: int, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.port = port
+        super().__init__(argv, log_path, env)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    @property
+    def ready_url(self) -> str:
+        return f"{self.url}/v2/health/ready"

@@ -31,8 +31,8 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from controlplane import BUILD_HINT, default_cache_dir, free_port, read_versions
-from runtimeproc import REPO_ROOT, binary_body, int_model, linear_model
-from serviceproc import ServiceProcess
+from runtimeproc import REPO_ROOT, binary_body
+from serviceproc import OipProcess, ServiceProcess
 from test_runtime import BAD_REQUESTS, X, infer_body, raw
 from tritonclient.utils import InferenceServerException
 from zeroserve_runtime.protocol.headers import COLD_START, INIT_SECONDS, SERVER_TIMING, parse_server_timing
@@ -45,25 +45,12 @@ BIN = Path(sys.executable).parent
 # -- processes ---------------------------------------------------------------------------------------
 
 
-class FunctionProcess(ServiceProcess):
+class FunctionProcess(OipProcess):
     """A function's local server: ready once the function answers /v2/health/ready through it."""
 
     def __init__(self, what: str, argv: list[str], port: int, log_path: Path, env: dict[str, str]) -> None:
         self.what = what
-        self.port = port
-        super().__init__(argv, log_path, env)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
-
-    @property
-    def ready_url(self) -> str:
-        return f"{self.url}/v2/health/ready"
+        super().__init__(argv, port, log_path, env)
 
 
 class RieProcess(ServiceProcess):
@@ -182,12 +169,6 @@ class Target:
 
 
 # -- fixtures ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("models")
-    return {"linear": linear_model(d / "linear.onnx"), "ints": int_model(d / "ints.onnx")}
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from runtimeproc import RuntimeProcess, int_model, linear_model, lookup_model, shared_model
+from runtimeproc import RuntimeProcess, lookup_model, shared_model
 from tritonclient.utils import InferenceServerException
 
 
@@ -26,12 +26,6 @@ def raw(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds), strict=True))
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("models")
-    return {"linear": linear_model(d / "linear.onnx"), "ints": int_model(d / "ints.onnx")}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +55,7 @@ def http_infer(
     requested = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in outputs] if outputs else None
     # Closed here, in its own thread: tritonclient.http runs on gevent, whose hub is per thread, and a
     # client left to the garbage collector may be finalized on another thread, which gevent refuses.
-    with httpclient.InferenceServerClient(proc.http_address) as client:
+    with httpclient.InferenceServerClient(proc.address) as client:
         return client.infer(proc.name, inputs, outputs=requested)
 
 
@@ -123,7 +117,7 @@ def test_inputs_must_agree_on_the_batch_dimension(ints: RuntimeProcess) -> None:
 
 
 def test_metadata_and_health_through_both_clients(linear: RuntimeProcess) -> None:
-    with httpclient.InferenceServerClient(linear.http_address) as http:
+    with httpclient.InferenceServerClient(linear.address) as http:
         assert http.is_server_live() and http.is_server_ready() and http.is_model_ready("linear")
         meta = http.get_model_metadata("linear")
         assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
