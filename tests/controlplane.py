@@ -10,7 +10,6 @@ real CRDs installed from the pinned knative.dev/serving module.
 from __future__ import annotations
 
 import base64
-import ctypes
 import datetime as dt
 import ipaddress
 import os
@@ -33,6 +32,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from zeroserve.children import dies_with_parent
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VERSIONS_FILE = REPO_ROOT / "hack" / "versions.env"
@@ -123,11 +124,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    # If the test process is killed outright, its finalizers never run; the kernel still kills these.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+# If the test process is killed outright, its finalizers never run; the kernel still kills these.
+_die_with_parent = dies_with_parent(signal.SIGKILL)
 
 
 @dataclass

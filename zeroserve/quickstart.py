@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zeroserve.children import dies_with_parent
+
 MODEL_NAME = "digits"
 INPUT = "pixels"
 STEPS = 6
@@ -98,17 +100,6 @@ def infer_request(x: Any) -> dict[str, Any]:
     }
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM when the quickstart dies, however it dies (SIGTERM, SIGKILL), so a
-    killed quickstart leaves nothing running; Ctrl-C and errors are handled by `Processes.stop`."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 class Processes:
     """Children started by the quickstart; all stopped on exit, whatever the exit."""
 
@@ -124,7 +115,8 @@ class Processes:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+                # A killed quickstart leaves nothing running; Ctrl-C and errors are handled by stop().
+                preexec_fn=dies_with_parent(signal.SIGTERM),
             )
         self.procs.append((name, proc))
         return proc
