@@ -6,13 +6,12 @@ from __future__ import annotations
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 
 from zeroserve_loadgen.targets import Target
 from zeroserve_loadgen.workloads import Workload
 
 Mode = Literal["interleaved", "sequential"]
-_WORKLOAD = TypeAdapter(Workload)
 
 
 class RunPlan(BaseModel):

@@ -18,9 +18,6 @@ KNATIVE_PLURAL = "services"
 AUTOSCALING = "autoscaling.knative.dev/"
 PROGRESS_DEADLINE = "serving.knative.dev/progress-deadline"
 KPA_CLASS = "kpa.autoscaling.knative.dev"
-# Annotation keys this operator owns on the revision template: any of them that the spec no longer asks
-# for is removed, anything else (another controller's, a user's) is left alone.
-OWNED_TEMPLATE_ANNOTATION_PREFIXES = (AUTOSCALING, PROGRESS_DEADLINE)
 
 MANAGED_BY = "zeroserve-operator"
 MODELSERVICE_LABEL = "zeroserve.dev/modelservice"
