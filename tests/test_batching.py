@@ -11,7 +11,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from runtimeproc import linear_model
-from zeroserve_runtime.batching import Batcher
+from zeroserve_runtime.batching import Admission, Batcher
+from zeroserve_runtime.errors import ServerBusy
 from zeroserve_runtime.metrics import RuntimeMetrics
 from zeroserve_runtime.model import OnnxModel
 
@@ -112,3 +113,22 @@ def test_with_a_thread_idle_a_batch_takes_only_its_share(tmp_path: Path) -> None
     assert model.met == 2, "the two batches did not run side by side"
     sizes = metrics.registry.get_sample_value("zeroserve_batch_size_count", {"model": "linear"})
     assert sizes == 2, f"{sizes} batches for 8 requests split between 2 threads"
+
+
+async def test_admission_is_taken_and_given_back_by_acquire_and_release() -> None:
+    seen: list[int] = []
+    admission = Admission(2, seen.append)
+    admission.acquire()
+    admission.acquire()
+    with pytest.raises(ServerBusy, match="limit of 2 requests"):
+        admission.acquire()
+    assert not await admission.wait_idle(0.01)
+    admission.release()
+    admission.acquire()  # the place given back is free again
+    admission.release()
+    admission.release()
+    assert await admission.wait_idle(0.01)
+    assert seen == [1, 2, 1, 2, 1, 0]
+    # A release without its acquire would let the limit drift upwards unnoticed.
+    with pytest.raises(RuntimeError, match="without a matching acquire"):
+        admission.release()

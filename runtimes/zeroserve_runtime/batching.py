@@ -42,14 +42,17 @@ class Admission:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def __enter__(self) -> None:
+    def acquire(self) -> None:
+        """Take a place, or raise ServerBusy. Every successful acquire() needs its release()."""
         if self.count >= self.limit:
             raise ServerBusy(f"the server is at its limit of {self.limit} requests in flight; retry later")
         self.count += 1
         self._idle.clear()
         self._on_change(self.count)
 
-    def __exit__(self, *exc: object) -> None:
+    def release(self) -> None:
+        if self.count <= 0:
+            raise RuntimeError("Admission.release() without a matching acquire()")
         self.count -= 1
         self._on_change(self.count)
         if self.count == 0:

@@ -65,19 +65,26 @@ class DataPlane:
 
     # -- inference -------------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def admit(self, protocol: str) -> Iterator[None]:
+    def acquire(self, protocol: str) -> None:
         """Hold a place for one request from before its body is read until its answer is ready, so
         what overload can pile up (bodies, decoded tensors) is bounded; a full server answers 503."""
         try:
-            self.admission.__enter__()
+            self.admission.acquire()
         except ServerBusy:
             self.metrics.requests.labels(self.model_name, protocol, "busy").inc()
             raise
+
+    def release(self) -> None:
+        self.admission.release()
+
+    @contextlib.contextmanager
+    def admit(self, protocol: str) -> Iterator[None]:
+        """acquire() and release() around a block, for transports that need nothing in between."""
+        self.acquire(protocol)
         try:
             yield
         finally:
-            self.admission.__exit__()
+            self.release()
 
     async def infer(
         self, name: str, version: str | None, request: InferRequest, protocol: str

@@ -87,9 +87,8 @@ class RestApp:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         # Unknown models are refused before their bodies are read.
         self.dataplane.model_metadata(name, version)
-        admission = self.dataplane.admit("rest")
         try:
-            admission.__enter__()
+            self.dataplane.acquire("rest")
         except ServerBusy:
             # Read and drop the body, holding none of it, so the client gets its 503 rather than a
             # broken pipe halfway through sending.
@@ -102,7 +101,7 @@ class RestApp:
             started = time.perf_counter()
             response = await self.dataplane.infer(name, version, request, "rest")
         finally:
-            admission.__exit__(None, None, None)
+            self.dataplane.release()
         payload, header_length = rest_codec.encode_response(response)
         out = self.dataplane.cold_start.response_headers(time.perf_counter() - started, started)
         return 200, payload, {**out, **rest_codec.content_headers(header_length)}
