@@ -15,7 +15,7 @@ quickstart: $(STAMP)
 	$(BIN)/zeroserve quickstart
 
 ## test: build the control plane, install, lint, and run the whole test suite
-test: $(STAMP) control-plane lint pytest
+test: $(STAMP) control-plane images lint pytest
 
 pytest: $(STAMP)
 	$(BIN)/pytest
@@ -33,6 +33,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --editable '.[test,dev,quickstart,aws]'
 	touch $@
+
+## images: the pause, runtime and operator images as archives for a node, with buildah (cached)
+.PHONY: images
+images:
+	hack/build-images.sh >/dev/null
 
 ## control-plane: build etcd, kube-apiserver, kube-controller-manager, kubectl, helm (cached, pinned)
 control-plane:

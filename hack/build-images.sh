@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# Builds the container images a local node runs, with buildah and without Docker or any registry pull:
+#   pause         the pod sandbox: hack/pause/ as a static Go binary in a scratch image
+#   base          Debian bookworm with python3, made by mmdebstrap from Debian's mirror
+#   runtime-onnx  runtimes/onnx/Dockerfile on that base
+#   operator      operator/Dockerfile on that base
+# Each image is tagged kind.local/zeroserve/<name>:<hash of its inputs> (Knative skips tag resolution for
+# kind.local), so an unchanged tree reuses what the last run built. Each one but the base is written as a
+# docker-archive, $cache/images/<name>.tar, for `ctr -n k8s.io images import`, and $cache/images/images.env
+# names them all. Logs go to stderr; images.env is printed on stdout at the end.
+#
+#   hack/build-images.sh [IMAGE...]     build what is missing or stale (default: all of them)
+#   ZEROSERVE_CACHE_DIR=...             where to keep them (default: ~/.cache/zeroserve)
+#   ZEROSERVE_DEBIAN_MIRROR=...         Debian mirror for the base (default: http://deb.debian.org/debian)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+cache=${ZEROSERVE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/zeroserve}
+images="$cache/images"
+store="$cache/buildah"
+mirror=${ZEROSERVE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+registry=kind.local/zeroserve
+export GOFLAGS="${GOFLAGS:-} -buildvcs=false" GOTOOLCHAIN=${GOTOOLCHAIN:-local}
+
+log() { printf '[build-images] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# need TOOL INSTALL: fail before any work when TOOL is missing, saying how to get it.
+need() { command -v "$1" >/dev/null || die "$1 not found; install it: $2"; }
+
+# Its own store, so nothing here touches (or needs) a system-wide container setup; vfs needs no
+# overlay mounts, which unprivileged or nested machines may refuse.
+bah() { buildah --root "$store/root" --runroot "$store/run" --storage-driver vfs "$@"; }
+
+have_image() { bah inspect --type image "$1" >/dev/null 2>&1; }
+
+# digest: the first 16 hex digits of the sha256 of stdin, enough to tell recipes apart.
+digest() { sha256sum | cut -c1-16; }
+
+arch=$(go env GOARCH 2>/dev/null || dpkg --print-architecture)
+
+# --- pause -----------------------------------------------------------------------------------------
+
+pause_ref() {
+  { declare -f build_pause; go version; cat "$here/pause/go.mod" "$here/pause/main.go"; } | digest \
+    | sed "s|^|$registry/pause:|"
+}
+
+build_pause() {
+  local ref=$1 work c
+  work=$(mktemp -d)
+  (cd "$here/pause" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$work/pause" .)
+  c=$(bah from scratch)
+  bah copy --quiet --chmod 0755 "$c" "$work/pause" /pause
+  # 65535, as the upstream pause image: a uid no real user has.
+  bah config --entrypoint '["/pause"]' --cmd '' --user 65535:65535 --os linux --arch "$arch" "$c"
+  bah commit --quiet --rm --format docker "$c" "$ref" >/dev/null
+  rm -rf "$work"
+}
+
+# --- base ------------------------------------------------------------------------------------------
+
+base_packages=python3,python3-venv,ca-certificates,passwd
+
+base_ref() {
+  { declare -f build_base; echo "$mirror $base_packages"; } | digest | sed "s|^|$registry/base:|"
+}
+
+build_base() {
+  local ref=$1 work c security=${mirror%/debian}/debian-security
+  work=$(mktemp -d)
+  # minbase: the essential set and apt; no docs, man pages or locales (copyrights stay).
+  mmdebstrap --variant=minbase --include="$base_packages" --quiet \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    bookworm "$work/rootfs.tar" \
+    "deb $mirror bookworm main" "deb $mirror bookworm-updates main" "deb $security bookworm-security main"
+  c=$(bah from scratch)
+  bah add --quiet "$c" "$work/rootfs.tar" /
+  bah config --cmd '["python3"]' --env LANG=C.UTF-8 --os linux --arch "$arch" "$c"
+  bah commit --quiet --rm --format docker "$c" "$ref" >/dev/null
+  rm -rf "$work"
+}
+
+# --- images from a Dockerfile ----------------------------------------------------------------------
+
+# context DOCKERFILE DIR: the files the Dockerfile's COPY lines name (not those from another stage),
+# as git sees them (no caches, no egg-info), copied into DIR. Its hash is then exactly what goes in.
+context() {
+  local dockerfile=$1 dir=$2 paths f
+  mapfile -t paths < <(awk '$1 == "COPY" && $2 !~ /^--/ { for (i = 2; i < NF; i++) print $i }' "$dockerfile")
+  ((${#paths[@]})) || die "$dockerfile copies nothing"
+  rm -rf "$dir" && mkdir -p "$dir"
+  if git -C "$root" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    while IFS= read -r -d '' f; do
+      [[ -f "$root/$f" ]] && (cd "$root" && cp --parents -p "$f" "$dir/")
+    done < <(git -C "$root" ls-files -z --cached --others --exclude-standard -- "${paths[@]}")
+  else
+    (cd "$root" && find "${paths[@]}" -type f ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 \
+      | xargs -0 cp --parents -p -t "$dir/")
+  fi
+  cp "$dockerfile" "$dir/Dockerfile.zeroserve"
+}
+
+tree_digest() { (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | digest; }
+
+# dockerfile_ref NAME DOCKERFILE: the tag, from the Dockerfile, the files it copies, the base and this recipe.
+dockerfile_ref() {
+  local name=$1 dockerfile=$2 dir="$images/context/$1"
+  context "$dockerfile" "$dir"
+  { declare -f build_dockerfile; tree_digest "$dir"; base_ref; } | digest \
+    | sed "s|^|$registry/$name:|"
+}
+
+build_dockerfile() {
+  local name=$1 ref=$2
+  # chroot isolation: runc needs CAP_SYS_RESOURCE, which a nested machine may not grant. --pull=never:
+  # the base is in the store, and nothing is ever pulled.
+  bah build --quiet --isolation chroot --pull=never --format docker \
+    --build-arg BASE_IMAGE="$base" -f "$images/context/$name/Dockerfile.zeroserve" -t "$ref" \
+    "$images/context/$name" >&2
+}
+
+# --- archives --------------------------------------------------------------------------------------
+
+# export_archive NAME REF: $images/NAME.tar holds REF, written only when it holds something else.
+export_archive() {
+  local name=$1 ref=$2 tar="$images/$1.tar"
+  [[ -f "$tar" && "$(cat "$tar.ref" 2>/dev/null)" == "$ref" ]] && return
+  log "$name: writing $tar"
+  rm -f "$tar" "$tar.ref" "$tar.tmp"
+  bah push --quiet "$ref" "docker-archive:$tar.tmp:$ref" >&2
+  mv "$tar.tmp" "$tar"
+  echo "$ref" >"$tar.ref"
+}
+
+current_archive() { [[ -f "$images/$1.tar" && "$(cat "$images/$1.tar.ref" 2>/dev/null)" == "$2" ]]; }
+
+# write_env: images.env names every image whose archive is current, so a partial run still tells the
+# node what it can use.
+write_env() {
+  local tmp="$images/images.env.tmp"
+  {
+    current_archive pause "$pause" && echo "ZEROSERVE_PAUSE_IMAGE=$pause"
+    current_archive runtime-onnx "$runtime" && echo "ZEROSERVE_RUNTIME_IMAGE=$runtime"
+    current_archive operator "$operator" && echo "ZEROSERVE_OPERATOR_IMAGE=$operator"
+    have_image "$base" && echo "ZEROSERVE_BASE_IMAGE=$base"
+    echo "ZEROSERVE_IMAGES_DIR=$images"
+  } >"$tmp"
+  mv "$tmp" "$images/images.env"
+}
+
+# --- main ------------------------------------------------------------------------------------------
+
+need go "Go 1.22+ (https://go.dev/dl/)"
+need buildah "apt-get install -y buildah"
+need runc "apt-get install -y runc"
+wanted=("$@")
+((${#wanted[@]})) || wanted=(pause base runtime-onnx operator)
+for name in "${wanted[@]}"; do
+  case $name in
+    pause) ;;
+    base | runtime-onnx | operator) need mmdebstrap "apt-get install -y mmdebstrap" ;;
+    *) die "unknown image $name (pause, base, runtime-onnx, operator)" ;;
+  esac
+done
+mkdir -p "$images" "$store"
+
+pause=$(pause_ref)
+base=$(base_ref)
+runtime=$(dockerfile_ref runtime-onnx "$root/runtimes/onnx/Dockerfile")
+operator=$(dockerfile_ref operator "$root/operator/Dockerfile")
+
+# ensure NAME REF BUILD...: build REF unless the store has it.
+ensure() {
+  local name=$1 ref=$2 started=$SECONDS; shift 2
+  if have_image "$ref"; then log "$name: $ref (cached)"; return; fi
+  log "$name: building $ref"
+  "$@" "$ref"
+  log "$name: built in $((SECONDS - started)) s"
+}
+
+for name in "${wanted[@]}"; do
+  case $name in
+    pause)
+      current_archive pause "$pause" || { ensure pause "$pause" build_pause; export_archive pause "$pause"; } ;;
+    base) ensure base "$base" build_base ;;
+    runtime-onnx | operator)
+      ref=$runtime
+      [[ $name == operator ]] && ref=$operator
+      if ! current_archive "$name" "$ref"; then
+        ensure base "$base" build_base
+        ensure "$name" "$ref" build_dockerfile "$name"
+        export_archive "$name" "$ref"
+      fi ;;
+  esac
+  write_env
+done
+write_env
+cat "$images/images.env"

@@ -1,0 +1,3 @@
+module zeroserve.dev/hack/pause
+
+go 1.22
