@@ -131,6 +131,50 @@ def test_metadata_and_health_through_both_clients(linear: RuntimeProcess) -> Non
             grpc.get_model_metadata("nope")
 
 
+def test_repository_index_through_both_clients_and_load_unload_refused(linear: RuntimeProcess) -> None:
+    served = {"name": "linear", "version": "1", "state": "READY"}
+    with httpclient.InferenceServerClient(linear.address) as http:
+        assert "model_repository/readonly" in http.get_server_metadata()["extensions"]
+        assert http.get_model_repository_index() == [served]
+        for change in (http.load_model, http.unload_model):
+            with pytest.raises(InferenceServerException, match="model repository is read-only") as e:
+                change("linear")
+            assert e.value.status() == "400"
+    with grpcclient.InferenceServerClient(linear.grpc_address) as grpc:
+        assert grpc.get_model_repository_index(as_json=True) == {"models": [served]}
+        for change in (grpc.load_model, grpc.unload_model):
+            with pytest.raises(InferenceServerException, match="serves 'linear'") as e:
+                change("other")
+            assert e.value.status() == "StatusCode.FAILED_PRECONDITION"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "answer"),
+    [
+        (
+            "/v2/repository/index",
+            b'{"ready": true}',
+            200,
+            [{"name": "linear", "version": "1", "state": "READY"}],
+        ),
+        ("/v2/repository/index", b'{"ready": "yes"}', 400, "'ready' must be true or false"),
+        ("/v2/repository/index", b"{not json", 400, "not valid JSON"),
+        ("/v2/repository/index", b"[]", 400, "must be a JSON object"),
+        ("/v2/repository/elsewhere/index", b"", 404, "no model repository named 'elsewhere'"),
+        ("/v2/repository/models/linear/unload", b"{}", 400, "read-only"),
+    ],
+)
+def test_repository_requests_over_raw_http(
+    linear: RuntimeProcess, path: str, body: bytes, status: int, answer: object
+) -> None:
+    got, payload, _ = post(linear, body, path=path)
+    assert got == status
+    if status == 200:
+        assert json.loads(payload) == answer
+    else:
+        assert answer in json.loads(payload)["error"]
+
+
 def post(
     proc: RuntimeProcess, body: bytes, path: str = "/v2/models/linear/infer", headers: dict | None = None
 ):

@@ -10,10 +10,17 @@ from collections.abc import Iterator
 from zeroserve import __version__
 from zeroserve_runtime.batching import Admission, Batcher
 from zeroserve_runtime.errors import InvalidInput, ModelNotReady, ServerBusy, ServingError
-from zeroserve_runtime.inference import build_response, check_served, wanted_outputs
+from zeroserve_runtime.inference import (
+    build_response,
+    check_served,
+    refuse_repository_change,
+    repository_index,
+    wanted_outputs,
+)
 from zeroserve_runtime.metrics import RuntimeMetrics
 from zeroserve_runtime.model import OnnxModel
 from zeroserve_runtime.protocol.headers import ColdStart
+from zeroserve_runtime.protocol.repository import ModelIndex
 from zeroserve_runtime.protocol.tensors import InferRequest, InferResponse
 
 SERVER_NAME = "zeroserve"
@@ -62,6 +69,19 @@ class DataPlane:
         except ModelNotReady:
             return False
         return not self.draining
+
+    # -- the model repository (read-only) ----------------------------------------------------------------
+
+    def repository_index(self, repository: str | None, ready_only: bool) -> list[ModelIndex]:
+        if self.model is None:
+            return repository_index(self.model_name, repository, "LOADING", ready_only)
+        if self.draining:
+            # Still answering what it accepted, but no longer ready for more.
+            return repository_index(self.model_name, repository, "UNLOADING", ready_only, "shutting down")
+        return repository_index(self.model_name, repository, "READY", ready_only)
+
+    def repository_change(self, name: str, action: str) -> None:
+        refuse_repository_change(self.model_name, name, action)
 
     # -- inference -------------------------------------------------------------------------------------
 

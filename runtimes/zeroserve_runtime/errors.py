@@ -44,5 +44,12 @@ class ModelNotReady(ServingError):
     headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
 
 
+class RepositoryReadOnly(ServingError):
+    """A load or unload: each server serves the one model it started with, so its repository is fixed."""
+
+    status_code = 400
+    grpc_code = "FAILED_PRECONDITION"
+
+
 class ModelLoadError(ServingError):
     """The model cannot be fetched, verified or loaded: the server refuses to start."""

@@ -119,6 +119,29 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             outputs=[tensor(**t) for t in meta["outputs"]],
         )
 
+    async def RepositoryIndex(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            index = self.dataplane.repository_index(request.repository_name, request.ready)
+        except ServingError as e:
+            await self._abort(context, e)
+            return None
+        entry = service_pb2.RepositoryIndexResponse.ModelIndex
+        return service_pb2.RepositoryIndexResponse(
+            models=[entry(name=m.name, version=m.version, state=m.state, reason=m.reason) for m in index]
+        )
+
+    async def RepositoryModelLoad(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            self.dataplane.repository_change(request.model_name, "load")
+        except ServingError as e:
+            await self._abort(context, e)
+
+    async def RepositoryModelUnload(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            self.dataplane.repository_change(request.model_name, "unload")
+        except ServingError as e:
+            await self._abort(context, e)
+
     async def ModelInfer(self, request, context):  # type: ignore[no-untyped-def]
         try:
             with self.dataplane.admit("grpc"):

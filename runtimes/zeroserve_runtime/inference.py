@@ -9,10 +9,13 @@ module it imports.
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import numpy as np
 
-from zeroserve_runtime.errors import InvalidInput, ModelNotFound
+from zeroserve_runtime.errors import InvalidInput, ModelNotFound, RepositoryReadOnly
 from zeroserve_runtime.model import OnnxModel
+from zeroserve_runtime.protocol.repository import ModelIndex, ModelState
 from zeroserve_runtime.protocol.tensors import InferRequest, InferResponse
 
 # Every surface serves exactly one model, at one version.
@@ -24,6 +27,24 @@ def check_served(served: str, name: str, version: str | None) -> None:
     if name != served or version not in (None, "", MODEL_VERSION):
         shown = name if not version else f"{name} version {version}"
         raise ModelNotFound(f"model '{shown}' is not served here; this server serves '{served}'")
+
+
+def repository_index(
+    served: str, repository: str | None, state: ModelState, ready_only: bool, reason: str = ""
+) -> list[ModelIndex]:
+    """The read-only repository's index: the one model served, in `state`."""
+    if repository:
+        raise ModelNotFound(f"no model repository named '{repository}'; this server has one, unnamed")
+    if ready_only and state != "READY":
+        return []
+    return [ModelIndex(served, MODEL_VERSION, state, reason)]
+
+
+def refuse_repository_change(served: str, name: str, action: str) -> NoReturn:
+    raise RepositoryReadOnly(
+        f"cannot {action} model '{name}': the model repository is read-only; this server serves "
+        f"'{served}', fixed when it started (deploy another server to serve another model)"
+    )
 
 
 def wanted_outputs(model: OnnxModel, name: str, request: InferRequest) -> list[str]:

@@ -4,7 +4,6 @@ It only parses and writes HTTP; answers come from the data plane."""
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,16 +14,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from zeroserve_runtime.dataplane import DataPlane
 from zeroserve_runtime.errors import InvalidInput, PayloadTooLarge, ServerBusy, ServingError
 from zeroserve_runtime.metrics import RuntimeMetrics
-from zeroserve_runtime.protocol import rest_codec
+from zeroserve_runtime.protocol import rest_codec, routes
 
 log = logging.getLogger("zeroserve.runtime")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-MODEL_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?$")
-JSON = b"application/json"
 
 
 class RestApp:
@@ -57,29 +53,33 @@ class RestApp:
     async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, dict[str, str]]:
         path, method = scope["path"], scope["method"]
         dp = self.dataplane
-        if method == "GET":
-            if path == "/v2/health/live":
-                return self._status(dp.live(), "live")
-            if path == "/v2/health/ready":
-                return self._status(dp.ready(), "ready")
-            if path == "/v2":
-                return self._json(dp.server_metadata())
-            if path == "/metrics":
-                return 200, generate_latest(self.metrics.registry), {"content-type": CONTENT_TYPE_LATEST}
-        match = MODEL_PATH.match(path)
-        if match:
-            name, version, action = match.groups()
-            if method == "GET" and action is None:
-                return self._json(dp.model_metadata(name, version))
-            if method == "GET" and action == "/ready":
-                return self._status(dp.model_ready(name, version), "ready")
-            if method == "POST" and action == "/infer":
-                return await self._infer(scope, receive, name, version)
-        return (
-            404,
-            orjson.dumps({"error": f"no route for {method} {path}"}),
-            {"content-type": "application/json"},
-        )
+        route = routes.match(method, path)
+        if route is None:
+            return self._error(404, routes.no_route(method, path))
+        endpoint, p = route
+        if endpoint == "infer":
+            return await self._infer(scope, receive, p["name"], p["version"])
+        if endpoint == "model_metadata":
+            return self._json(dp.model_metadata(p["name"], p["version"]))
+        if endpoint == "model_ready":
+            return self._status(dp.model_ready(p["name"], p["version"]), "ready")
+        if endpoint == "live":
+            return self._status(dp.live(), "live")
+        if endpoint == "ready":
+            return self._status(dp.ready(), "ready")
+        if endpoint == "server_metadata":
+            return self._json(dp.server_metadata())
+        if endpoint == "metrics":
+            return 200, generate_latest(self.metrics.registry), {"content-type": CONTENT_TYPE_LATEST}
+        if endpoint == "repository_index":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            ready_only = rest_codec.decode_index_request(
+                await self._read_body(receive, headers.get("content-length"))
+            )
+            return self._json([m.to_json() for m in dp.repository_index(p["repository"], ready_only)])
+        if endpoint in ("repository_load", "repository_unload"):
+            dp.repository_change(p["name"], endpoint.removeprefix("repository_"))
+        return self._error(404, routes.no_route(method, path))
 
     async def _infer(
         self, scope: Scope, receive: Receive, name: str, version: str | None
@@ -136,6 +136,10 @@ class RestApp:
             if not message.get("more_body"):
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    @staticmethod
+    def _error(status: int, message: str) -> tuple[int, bytes, dict[str, str]]:
+        return status, orjson.dumps({"error": message}), {"content-type": "application/json"}
 
     @staticmethod
     def _json(value: object) -> tuple[int, bytes, dict[str, str]]:

@@ -123,6 +123,16 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     )
 
 
+def decode_index_request(body: bytes) -> bool:
+    """A repository index request's `ready` flag (only ready models). tritonclient sends no body."""
+    if not body.strip():
+        return False
+    ready = _json_object(body, "the repository index request").get("ready", False)
+    if not isinstance(ready, bool):
+        raise InvalidInput(f"'ready' must be true or false, got {orjson.dumps(ready).decode()}")
+    return ready
+
+
 def content_headers(header_length: int | None) -> dict[str, str]:
     """The headers that describe a body from encode_response: JSON, or the binary tensor extension."""
     if header_length is None:
