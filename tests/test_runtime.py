@@ -7,6 +7,7 @@ import concurrent.futures
 import json
 import re
 import struct
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -449,6 +450,127 @@ def test_model_fetched_over_http_with_its_sha256(models, tmp_path: Path) -> None
         assert list((tmp_path / "cache").rglob("linear.onnx"))
     finally:
         httpd.shutdown()
+
+
+class TricklingModelSource:
+    """A loopback HTTP server that sends the model a few bytes at a time, and holds back its second half
+    until `release()`: the runtime is caught mid-load for as long as the test needs."""
+
+    def __init__(self, model: Path) -> None:
+        import http.server
+        import threading
+
+        data = model.read_bytes()
+        self.half_sent = threading.Event()
+        self.released = threading.Event()
+        source = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                half = len(data) // 2
+                try:
+                    for i in range(0, len(data), 64):
+                        if i >= half and not source.half_sent.is_set():
+                            source.half_sent.set()
+                            source.released.wait(60)
+                        self.wfile.write(data[i : i + 64])
+                        self.wfile.flush()
+                        time.sleep(0.001)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # a runtime stopped mid-load hangs up
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.uri = f"http://127.0.0.1:{self.httpd.server_address[1]}/{model.name}"
+
+    def release(self) -> None:
+        self.released.set()
+
+    def close(self) -> None:
+        self.released.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _until(check, timeout: float = 30):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if result := check():
+                return result
+        except (OSError, InferenceServerException):
+            pass
+        assert time.monotonic() < deadline, f"{check} never held within {timeout}s"
+        time.sleep(0.02)
+
+
+def test_not_ready_on_either_transport_while_the_model_loads(models, tmp_path: Path) -> None:
+    source = TricklingModelSource(models["linear"])
+    proc = RuntimeProcess(source.uri, tmp_path / "log", name="linear")
+    try:
+        proc.start(wait_ready=False)
+        assert source.half_sent.wait(30), proc.tail()
+        _until(lambda: urllib.request.urlopen(proc.url + "/v2/health/live", timeout=1).status == 200)
+        with grpcclient.InferenceServerClient(proc.grpc_address) as grpc:
+            _until(grpc.is_server_live)
+            # Half the model has arrived and the rest is held back: the load cannot have finished.
+            assert not grpc.is_server_ready() and not grpc.is_model_ready("linear")
+            assert grpc.get_model_repository_index(as_json=True)["models"][0]["state"] == "LOADING"
+            with pytest.raises(InferenceServerException, match="still loading") as e:
+                grpc_infer(proc, {"x": X})
+            assert e.value.status() == "StatusCode.UNAVAILABLE"
+        status, payload, headers = proc_get(proc, "/v2/health/ready")
+        assert (status, json.loads(payload)) == (503, {"ready": False})
+        status, payload, headers = post(proc, infer_body())
+        assert status == 503 and "still loading" in json.loads(payload)["error"]
+        assert {k.lower(): v for k, v in headers.items()}["retry-after"] == "1"
+        with httpclient.InferenceServerClient(proc.address) as http:
+            assert http.is_server_live() and not http.is_server_ready()
+            assert http.get_model_repository_index()[0]["state"] == "LOADING"
+        assert json.loads(post(proc, b'{"ready": true}', path="/v2/repository/index")[1]) == []
+        assert proc.process is not None and proc.process.poll() is None
+
+        source.release()
+        proc.wait_ready(60)
+        assert proc_get(proc, "/v2/health/ready")[0] == 200
+        with grpcclient.InferenceServerClient(proc.grpc_address) as grpc:
+            assert grpc.is_server_ready() and grpc.is_model_ready("linear")
+        np.testing.assert_array_equal(
+            grpc_infer(proc, {"x": X}).as_numpy("y"), raw(models["linear"], {"x": X})["y"]
+        )
+    finally:
+        source.close()
+        proc.stop()
+
+
+def test_sigterm_while_the_model_loads_exits_at_once(models, tmp_path: Path) -> None:
+    source = TricklingModelSource(models["linear"])
+    proc = RuntimeProcess(source.uri, tmp_path / "log", name="linear")
+    try:
+        proc.start(wait_ready=False)
+        assert source.half_sent.wait(30), proc.tail()
+        _until(lambda: urllib.request.urlopen(proc.url + "/v2/health/live", timeout=1).status == 200)
+        started = time.monotonic()
+        assert proc.stop(grace=10) == 0, proc.tail()
+        assert time.monotonic() - started < 5
+        assert "stopping while the model is still loading" in proc.log()
+    finally:
+        source.close()
+        proc.stop()
+
+
+def proc_get(proc: RuntimeProcess, path: str):  # type: ignore[no-untyped-def]
+    try:
+        with urllib.request.urlopen(proc.url + path, timeout=5) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
 
@@ -72,8 +73,36 @@ class Runtime:
                 raise OSError(f"the REST server did not start on {s.host}:{s.http_port}")
             await asyncio.sleep(0.005)
 
+        # gRPC too: its clients must see ServerLive true and ServerReady false while the model loads, as
+        # REST's do, rather than a refused connection they cannot tell from a dead server.
+        if s.grpc_port:
+            from zeroserve_runtime.grpc_server import build_server
+
+            self.grpc = build_server(self.dataplane, f"{s.host}:{s.grpc_port}", s.max_request_bytes)
+            await self.grpc.start()
+
         name = s.model_name
-        model = await loop.run_in_executor(None, loader.wait)
+        loaded = asyncio.Event()
+        # A daemon thread of its own, not the loop's executor: asyncio.run would wait for an executor's
+        # threads at exit, so a SIGTERM mid-load would still wait out the whole download.
+        threading.Thread(target=_wait_then, args=(loader, loop, loaded.set), daemon=True).start()
+        loading = loop.create_task(loaded.wait())
+        stop = loop.create_task(self.stopping.wait())
+        try:
+            await asyncio.wait({loading, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not loaded.is_set():
+                # SIGTERM mid-load (a scale-down, a rollout): nothing was accepted that needs finishing,
+                # and the loader thread dies with the process.
+                log.info("stopping while the model is still loading")
+                await self._stop_listening(http_task, grace=0)
+                return
+            model = loader.wait()
+        except BaseException:
+            await self._stop_listening(http_task, grace=0)
+            raise
+        finally:
+            stop.cancel()
+            loading.cancel()
         self.metrics.fetch_seconds.labels(name).set(loader.marks["fetch"])
         self.metrics.load_seconds.labels(name).set(loader.marks["load"])
 
@@ -81,11 +110,6 @@ class Runtime:
             model, s.max_batch_size, s.max_queue_delay_ms / 1000, self.metrics, s.parallel_inferences
         )
         self.batcher.start()
-        if s.grpc_port:
-            from zeroserve_runtime.grpc_server import build_server
-
-            self.grpc = build_server(self.dataplane, f"{s.host}:{s.grpc_port}", s.max_request_bytes)
-            await self.grpc.start()
         phases = loader.phases(imported_at, time.time())
         self.dataplane.attach(model, self.batcher, phases["total"])
         for phase, seconds in phases.items():
@@ -109,16 +133,28 @@ class Runtime:
         log.info("shutting down: finishing %d request(s) in flight", self.admission.count)
         self.dataplane.draining = True
         grace = self.settings.shutdown_grace_seconds
+        await self._stop_listening(http_task, grace)
+        # Only now: a request still uploading its body when SIGTERM came has been answered too.
+        await self.admission.wait_idle(grace)
+        if self.batcher is not None:
+            await self.batcher.stop()
+
+    async def _stop_listening(self, http_task: asyncio.Task[None], grace: float) -> None:
+        """Stop both servers, waiting up to `grace` for what they accepted."""
         waits: list[Awaitable[object]] = [http_task]
         if self.grpc is not None:
             waits.append(self.grpc.stop(grace))
         if self.http is not None:
             self.http.should_exit = True
         await asyncio.gather(*waits)
-        # Only now: a request still uploading its body when SIGTERM came has been answered too.
-        await self.admission.wait_idle(grace)
-        if self.batcher is not None:
-            await self.batcher.stop()
+
+
+def _wait_then(loader: ModelLoader, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    loader.join()
+    try:
+        loop.call_soon_threadsafe(callback)
+    except RuntimeError:  # the loop has closed: the server stopped before the model arrived
+        pass
 
 
 def serve(settings: RuntimeSettings, loader: ModelLoader, imported_at: float) -> int:
