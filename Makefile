@@ -25,13 +25,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/shellcheck -x hack/*.sh .ci/run
 
-## setup: a virtualenv with Zeroserve (editable) and its test and dev extras
+## setup: a virtualenv with Zeroserve (editable), every component's extra, and the test and dev extras
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --editable '.[test,dev,quickstart,aws]'
+	$(BIN)/python -m pip install --quiet --editable '.[all,test,dev,quickstart,aws]'
 	touch $@
 
 ## images: the pause, runtime and operator images as archives for a node, with buildah (cached)

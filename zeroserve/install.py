@@ -74,9 +74,10 @@ def run_install(args: argparse.Namespace) -> int:
     if not (chart_dir / "Chart.yaml").is_file():
         raise SystemExit(f"zeroserve: no Helm chart at {chart_dir}; pass --chart DIR")
     values = _values(args.values)
+    # Outside the try below: without pyhelm3 the command says which extra to install.
+    client = _client(args)
 
     async def install() -> Any:
-        client = _client(args)
         _step(f"loading chart {chart_dir}")
         chart = await client.get_chart(chart_dir)
         _step(f"installing or upgrading release {args.release} in namespace {args.namespace}")
@@ -96,8 +97,9 @@ def run_install(args: argparse.Namespace) -> int:
 
 
 def run_uninstall(args: argparse.Namespace) -> int:
+    client = _client(args)
+
     async def uninstall() -> None:
-        client = _client(args)
         _step(f"uninstalling release {args.release} from namespace {args.namespace}")
         await client.uninstall_release(args.release, namespace=args.namespace, wait=False)
 

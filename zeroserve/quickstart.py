@@ -302,8 +302,10 @@ def bench_file(targets: list[Any], payload: dict[str, Any], workload: Any) -> st
 
 @contextlib.contextmanager
 def _step(console: Any, n: int, text: str) -> Iterator[None]:
+    from rich.markup import escape
+
     started = time.monotonic()
-    console.print(f"[bold][{n}/{STEPS}][/] {text}", highlight=False)
+    console.print(f"[bold]\\[{n}/{STEPS}][/] {escape(text)}", highlight=False)
     yield
     console.print(f"      done in {time.monotonic() - started:.1f} s", style="dim", highlight=False)
 
@@ -311,6 +313,7 @@ def _step(console: Any, n: int, text: str) -> Iterator[None]:
 def run(out: Path, duration: float, seed: int, console: Any) -> int:
     import urllib.error
 
+    from rich.markup import escape
     from zeroserve_loadgen import render
     from zeroserve_loadgen.bench import BenchOptions, run_bench
     from zeroserve_loadgen.runner import LoadgenError
@@ -325,12 +328,12 @@ def run(out: Path, duration: float, seed: int, console: Any) -> int:
     try:
         with _step(console, 1, "training a digits classifier (scikit-learn) and exporting it to ONNX"):
             model = train_demo_model(work)
-            console.print(f"      {model.path} sha256 {model.sha256[:12]}…", highlight=False)
+            console.print(f"      {model.path} sha256 {model.sha256[:12]}…", highlight=False, markup=False)
         with _step(console, 2, "starting the Zeroserve runtime, the Cloud Function and the Lambda handler"):
             targets = start_targets(procs, model, work / "cache")
             wait_ready(procs, targets)
             for t in targets:
-                console.print(f"      {t.name:<10} {t.kind:<11} {t.url}", highlight=False)
+                console.print(f"      {t.name:<10} {t.kind:<11} {t.url}", highlight=False, markup=False)
         workload = MMPP(rates=(4.0, 40.0), mean_sojourn_s=(4.0, 2.0), duration_s=duration, seed=seed)
         payload = infer_request(model.test_x[:1])
         bench = bench_targets(targets)
@@ -350,16 +353,22 @@ def run(out: Path, duration: float, seed: int, console: Any) -> int:
                 )
         with _step(console, 5, "report"):
             render.print_table(result.report, console)
-            console.print(f"      HTML report: {result.paths['html']}", highlight=False)
-            console.print(f"      JSON {result.paths['json']}, CSV {result.paths['csv']}", highlight=False)
-            console.print(f"      re-run it: zeroserve bench {out / 'bench.yaml'}", highlight=False)
+            for line in (
+                f"      HTML report: {result.paths['html']}",
+                f"      JSON {result.paths['json']}, CSV {result.paths['csv']}",
+                f"      re-run it: zeroserve bench {out / 'bench.yaml'}",
+            ):
+                console.print(line, highlight=False, markup=False)
         with _step(console, 6, "the ModelService that deploys this model to a cluster (kubectl apply -f)"):
             text = modelservice_yaml(model)
             (out / "modelservice.yaml").write_text(text)
             console.print(text, highlight=False, markup=False)
-            console.print(f"      saved as {out / 'modelservice.yaml'}", highlight=False)
+            console.print(f"      saved as {out / 'modelservice.yaml'}", highlight=False, markup=False)
     except (QuickstartError, LoadgenError, BenchFileError, urllib.error.URLError, OSError) as e:
-        console.print(f"[red]quickstart failed:[/] {e}; logs in {work}", highlight=False)
+        # Messages name extras and paths, 'zeroserve[quickstart]', which rich would take for markup.
+        console.print(
+            f"[red]quickstart failed:[/] {escape(str(e))}; logs in {escape(str(work))}", highlight=False
+        )
         return 1
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; stopping what the quickstart started[/]")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from zeroserve_loadgen import render
 from zeroserve_loadgen.clients import check_targets
@@ -61,7 +62,7 @@ def run_bench(
     check_targets(targets, payload)
     unreachable = preflight(targets)
     for name, why in unreachable.items():
-        console.print(f"[red]error:[/] target {name}: {why}; it is left out of the run")
+        console.print(f"[red]error:[/] target {name}: {escape(why)}; it is left out of the run")
     reachable = [t for t in targets if t.name not in unreachable]
     if not reachable:
         raise LoadgenError(
@@ -94,7 +95,7 @@ def run_bench(
         else:
             outcome = run_local(plan, progress=progress)
     for error in outcome.errors:
-        console.print(f"[red]error:[/] {error}", highlight=False)
+        console.print(f"[red]error:[/] {escape(error)}", highlight=False)
     per_target = [int((sched.targets == k).sum()) for k in range(len(reachable))]
     report = build_report(plan, outcome.samples, per_target, outcome.workers, outcome.errors)
     # Left-out targets still get a row, saying why.

@@ -65,6 +65,7 @@ def _workload_with_overrides(workload: Any, duration: float | None, seed: int | 
 def _bench(args: Any) -> int:
     from pydantic import ValidationError
     from rich.console import Console
+    from rich.markup import escape
 
     from zeroserve_loadgen import render
     from zeroserve_loadgen.bench import BenchOptions, run_bench
@@ -89,16 +90,17 @@ def _bench(args: Any) -> int:
         )
         result = run_bench(bench.targets, payload, workload, options, console)
     except (BenchFileError, LoadgenError) as e:
-        console.print(f"[red]error:[/] {e}", highlight=False)
+        # Messages quote YAML paths and extras (targets[2], 'zeroserve[aws]'), never rich markup.
+        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
         return 2
     except ValidationError as e:  # a command-line override the workload or the plan refuses
         for err in e.errors(include_url=False):
             where = ".".join(str(p) for p in err["loc"][-1:])
-            console.print(f"[red]error:[/] {where}: {err['msg']}", highlight=False)
+            console.print(f"[red]error:[/] {escape(where)}: {escape(err['msg'])}", highlight=False)
         return 2
     render.print_table(result.report, console)
     for kind, path in result.paths.items():
-        console.print(f"  {kind}: {path}")
+        console.print(f"  {kind}: {path}", highlight=False, markup=False)
     return 0 if result.ok else 1
 
 

@@ -62,6 +62,7 @@ HEADERS = [
 
 
 def print_table(report: Report, console: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="Zeroserve bench", title_justify="left")
@@ -74,7 +75,7 @@ def print_table(report: Report, console: Any) -> None:
         if t.pricing:
             console.print(f"  {t.name}: priced as {t.pricing}")
     for w in report.warnings():
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning:[/] {escape(w)}")
 
 
 def write_json(report: Report, path: Path) -> None:
