@@ -85,6 +85,8 @@ def test_scaling_settings_become_template_annotations() -> None:
     assert "containerConcurrency" not in template(build(CPU))["spec"]  # 0: left to Knative's default
     assert template(ksvc)["spec"]["timeoutSeconds"] == 90
     assert env(ksvc)["ZEROSERVE_MAX_CONCURRENCY"] == "4"
+    # Knative's grace period for the pod is timeoutSeconds; the runtime drains for as long.
+    assert env(ksvc)["ZEROSERVE_SHUTDOWN_GRACE_SECONDS"] == "90"
     # Knative rejects autoscaling annotations on the Service's own metadata.
     assert not any(k.startswith("autoscaling.") for k in ksvc["metadata"]["annotations"])
 

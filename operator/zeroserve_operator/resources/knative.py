@@ -100,6 +100,9 @@ def runtime_env(name: str, spec: ModelServiceSpec) -> list[dict[str, Any]]:
         # The runtime's admission limit matches Knative's hard limit, so the queue-proxy and the server
         # agree on what "full" means (0: unlimited in Knative, the runtime's own default then).
         "ZEROSERVE_MAX_CONCURRENCY": spec.scaling.container_concurrency or None,
+        # Knative gives revision pods terminationGracePeriodSeconds = timeoutSeconds: a request accepted
+        # just before SIGTERM may take that long, and the runtime's own 30 s would cut it short.
+        "ZEROSERVE_SHUTDOWN_GRACE_SECONDS": spec.timeout_seconds,
     }
     if spec.runtime.batching is not None:
         values["ZEROSERVE_MAX_BATCH_SIZE"] = spec.runtime.batching.max_batch_size
@@ -125,6 +128,9 @@ def runtime_container(name: str, spec: ModelServiceSpec, settings: OperatorSetti
         "env": runtime_env(name, spec),
         # Knative routes exactly one port per revision; the runtime serves both protocols regardless.
         "ports": [port],
+        # A runtime that cannot start (a 404 model, a bad sha256) says why in its last log lines; this
+        # puts them in the pod's status, where the operator and `kubectl describe` can read them.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         # Ready only once the model is fetched, loaded and warmed up: the activator holds requests until
         # then, so a cold start is slow but never an error.
         # periodSeconds 0 turns on Knative's aggressive probing (every 25ms until ready), which shortens
