@@ -381,3 +381,216 @@ def test_a_failing_send_costs_one_sample_not_the_run(runtime: RuntimeProcess, tm
     # Nothing is sent again after the run: the schedule ran once.
     counts, _ = _server_counts(runtime)
     assert counts["rest"] == 39
+
+
+class SigV4FunctionUrl:
+    """A loopback stand-in for a Lambda function URL with AuthType AWS_IAM: it recomputes each request's
+    Signature V4 with botocore's own signer, from the secret it knows, and answers 403 on a mismatch as
+    AWS does. What it decided for each request is in `verdicts`."""
+
+    ACCESS_KEY, SECRET, REGION, SERVICE = "AKIDZEROSERVETEST", "s3cr3t-0f-the-server", "eu-west-1", "lambda"
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.verdicts: list[str] = []
+        url = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                verdict = url.verify(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                url.verdicts.append(verdict)
+                if verdict == "ok":
+                    status, answer = 200, {"model_name": "linear", "outputs": [OUTPUT]}
+                else:
+                    status, answer = 403, {"message": verdict}
+                payload = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def verify(self, path: str, headers: dict[str, str], body: bytes) -> str:
+        import datetime
+        import hmac
+        import re
+
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        found = re.fullmatch(
+            r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
+            r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})",
+            headers.get("authorization", ""),
+        )
+        if not found:
+            return "missing or malformed Authorization"
+        key, day, region, service, signed, signature = found.groups()
+        stamp = headers.get("x-amz-date", "")
+        if (key, region, service) != (self.ACCESS_KEY, self.REGION, self.SERVICE) or not stamp.startswith(
+            day
+        ):
+            return "wrong credential scope"
+        age = datetime.datetime.now(datetime.UTC) - datetime.datetime.strptime(
+            stamp, "%Y%m%dT%H%M%SZ"
+        ).replace(tzinfo=datetime.UTC)
+        if abs(age.total_seconds()) > 300:
+            return "request time too skewed"
+        if "host" not in signed.split(";"):
+            return "host is not signed"
+        # The request as the client signed it: only the headers it says it signed, at the time it says.
+        request = AWSRequest(
+            method="POST",
+            url=f"http://{headers['host']}{path}",
+            data=body,
+            headers={name: headers[name] for name in signed.split(";")},
+        )
+        request.context["timestamp"] = stamp
+        signer = SigV4Auth(Credentials(self.ACCESS_KEY, self.SECRET), self.SERVICE, self.REGION)
+        expected = signer.signature(
+            signer.string_to_sign(request, signer.canonical_request(request)), request
+        )
+        if not hmac.compare_digest(expected, signature):
+            return "The request signature we calculated does not match the signature you provided"
+        return "ok"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+OUTPUT = {"name": "y", "datatype": "FP32", "shape": [1, 3], "data": [0.5, 1.5, 2.5]}
+
+
+@pytest.mark.parametrize("secret_right", [True, False], ids=["right-secret", "wrong-secret"])
+def test_sigv4_requests_verify_server_side_with_botocores_signer(tmp_path: Path, secret_right: bool) -> None:
+    function = SigV4FunctionUrl()
+    try:
+        bench = _write(
+            tmp_path / "bench.yaml",
+            {
+                "targets": [
+                    {
+                        "name": "lambda",
+                        "kind": "lambda-url",
+                        "url": function.url,
+                        "model": "linear",
+                        "auth": {"type": "sigv4", "region": SigV4FunctionUrl.REGION},
+                    }
+                ],
+                "payload": PAYLOAD,
+                "workload": {"type": "constant", "rate": 20, "duration_s": 1, "arrival": "uniform"},
+            },
+        )
+        secret = SigV4FunctionUrl.SECRET if secret_right else "not-" + SigV4FunctionUrl.SECRET
+        # Only these credentials: no profile or shared file on this machine may stand in for them.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env |= {
+            "AWS_ACCESS_KEY_ID": SigV4FunctionUrl.ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        out = tmp_path / "out"
+        result = subprocess.run(
+            [ZEROSERVE, "bench", str(bench), "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        (t,) = json.loads((out / "report.json").read_text())["targets"]
+        assert t["requests"] == len(function.verdicts) == 20
+        if secret_right:
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert set(function.verdicts) == {"ok"} and t["successes"] == 20
+        else:
+            assert result.returncode == 1
+            assert set(function.verdicts) == {
+                "The request signature we calculated does not match the signature you provided"
+            }
+            assert t["successes"] == 0 and all(e.startswith("HTTP 403") for e in t["errors"])
+        assert secret not in result.stdout + result.stderr
+    finally:
+        function.close()
+
+
+def _connected_to(pid: int, port: int) -> bool:
+    import psutil
+
+    try:
+        return any(c.raddr and c.raddr.port == port for c in psutil.Process(pid).net_connections("tcp"))
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_remote_workers_split_one_schedule_with_no_sample_lost(
+    runtime: RuntimeProcess, tmp_path: Path
+) -> None:
+    """A master started with --remote-workers, and two `zeroserve bench-worker` processes that join it,
+    as they would from other machines."""
+    import time
+
+    from zeroserve_loadgen.plan import RunPlan, schedule
+    from zeroserve_loadgen.workloads import Constant
+
+    workload = {"type": "constant", "rate": 100, "duration_s": 3, "arrival": "uniform"}
+    target = {"name": "rest", "kind": "oip-rest", "url": runtime.url, "model": "linear"}
+    bench = _write(tmp_path / "bench.yaml", {"targets": [target], "payload": PAYLOAD, "workload": workload})
+    out, port = tmp_path / "out", _free()
+    argv = [ZEROSERVE, "bench", str(bench), "--out", str(out), "--workers", "2", "--remote-workers"]
+    master = subprocess.Popen(
+        [*argv, "--master-port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    workers = [
+        subprocess.Popen(
+            [ZEROSERVE, "bench-worker", "--master-host", "127.0.0.1", "--master-port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(2)
+    ]
+    try:
+        # Each worker process, not the master, opens connections to the target: both take part.
+        sent_from: set[int] = set()
+        while master.poll() is None and len(sent_from) < 2:
+            sent_from |= {w.pid for w in workers if _connected_to(w.pid, runtime.port)}
+            time.sleep(0.05)
+        output, _ = master.communicate(timeout=120)
+        assert master.returncode == 0, output
+        assert sent_from == {w.pid for w in workers}
+        for w in workers:
+            assert w.wait(timeout=30) == 0, "a worker must leave when its master ends the run"
+    finally:
+        for p in (master, *workers):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["workers"] == 2
+    (t,) = report["targets"]
+    assert t["requests"] == t["successes"] == 300
+    assert _server_counts(runtime)[0]["rest"] == 300
+    # Every arrival of the one schedule came back exactly once, whichever worker sent it.
+    plan = RunPlan(targets=[target], payload=PAYLOAD, workload=Constant.model_validate(workload))
+    expected = sorted(round(float(x), 6) for x in schedule(plan).times)
+    got = sorted(round(float(s["scheduled_s"]), 6) for s in csv.DictReader((out / "samples.csv").open()))
+    assert got == expected
