@@ -278,6 +278,13 @@ def _check_health_and_metadata(client: httpclient.InferenceServerClient) -> None
     with pytest.raises(InferenceServerException, match="not served here"):
         client.get_model_metadata("nope")
     assert not client.is_model_ready(MODEL, "2")
+    # The read-only repository the server metadata advertises, as the server answers it.
+    assert "model_repository/readonly" in client.get_server_metadata()["extensions"]
+    assert client.get_model_repository_index() == [{"name": MODEL, "version": "1", "state": "READY"}]
+    for change in (client.load_model, client.unload_model):
+        with pytest.raises(InferenceServerException, match="model repository is read-only") as e:
+            change(MODEL)
+        assert e.value.status() == "400"
 
 
 BAD = [b[1:] for b in BAD_REQUESTS] + [
@@ -285,8 +292,19 @@ BAD = [b[1:] for b in BAD_REQUESTS] + [
     (infer_body(), {}, 404, "not served here", f"/v2/models/{MODEL}/versions/7/infer"),
     (infer_body(), {}, 404, "no route", "/v1/predict"),
     (infer_body() + b" " * MAX_BODY, {}, 413, f"limit of {MAX_BODY} bytes", INFER_PATH),
+    (b'{"ready": 1}', {}, 400, "'ready' must be true or false", "/v2/repository/index"),
+    (b"", {}, 404, "no model repository named 'other'", "/v2/repository/other/index"),
+    (b"", {}, 404, "no route", "/metrics"),
 ]
-BAD_IDS = [b[0] for b in BAD_REQUESTS] + ["unknown model", "unknown version", "unknown path", "too large"]
+BAD_IDS = [b[0] for b in BAD_REQUESTS] + [
+    "unknown model",
+    "unknown version",
+    "unknown path",
+    "too large",
+    "bad index request",
+    "unknown repository",
+    "no metrics",
+]
 
 
 @pytest.mark.parametrize("case", BAD, ids=BAD_IDS)

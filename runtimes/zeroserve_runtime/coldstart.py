@@ -47,24 +47,11 @@ class ModelLoader(threading.Thread):
     def run(self) -> None:
         try:
             begun = time.time()
-            from zeroserve_runtime.model import OnnxModel
-            from zeroserve_runtime.storage import fetch
+            from zeroserve_runtime.model import load_model
 
-            s = self.settings
-            imported = time.time()
-            path = fetch(s.model_uri, s.cache_dir, s.model_sha256)
-            fetched = time.time()
-            model = OnnxModel(s.model_name, path, s.intra_op_threads(), s.device)
-            loaded = time.time()
-            model.warmup()
-            warm = time.time()
-            self.marks = {
-                "runtime_import": imported - begun,
-                "fetch": fetched - imported,
-                "load": loaded - fetched,
-                "warmup": warm - loaded,
-            }
-            self.model = model
+            marks = {"runtime_import": time.time() - begun}
+            self.model = load_model(self.settings, marks)
+            self.marks = marks
         except BaseException as e:  # handed to the main thread, which decides how to fail
             self.error = e
 

@@ -7,7 +7,6 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-from zeroserve import __version__
 from zeroserve_runtime.batching import Admission, Batcher
 from zeroserve_runtime.errors import InvalidInput, ModelNotReady, ServerBusy, ServingError
 from zeroserve_runtime.inference import (
@@ -15,6 +14,7 @@ from zeroserve_runtime.inference import (
     check_served,
     refuse_repository_change,
     repository_index,
+    server_metadata,
     wanted_outputs,
 )
 from zeroserve_runtime.metrics import RuntimeMetrics
@@ -22,9 +22,6 @@ from zeroserve_runtime.model import OnnxModel
 from zeroserve_runtime.protocol.headers import ColdStart
 from zeroserve_runtime.protocol.repository import ModelIndex
 from zeroserve_runtime.protocol.tensors import InferRequest, InferResponse
-
-SERVER_NAME = "zeroserve"
-EXTENSIONS = ["binary_tensor_data", "model_repository/readonly", "statistics/prometheus"]
 
 
 class DataPlane:
@@ -52,7 +49,7 @@ class DataPlane:
         return self.model is not None and not self.draining
 
     def server_metadata(self) -> dict[str, object]:
-        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+        return server_metadata("statistics/prometheus")
 
     def _model(self, name: str, version: str | None) -> OnnxModel:
         check_served(self.model_name, name, version)

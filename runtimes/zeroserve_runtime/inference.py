@@ -13,6 +13,7 @@ from typing import NoReturn
 
 import numpy as np
 
+from zeroserve import __version__
 from zeroserve_runtime.errors import InvalidInput, ModelNotFound, RepositoryReadOnly
 from zeroserve_runtime.model import OnnxModel
 from zeroserve_runtime.protocol.repository import ModelIndex, ModelState
@@ -20,6 +21,13 @@ from zeroserve_runtime.protocol.tensors import InferRequest, InferResponse
 
 # Every surface serves exactly one model, at one version.
 MODEL_VERSION = "1"
+SERVER_NAME = "zeroserve"
+# What every surface supports; the server adds what only it has (/metrics).
+EXTENSIONS = ("binary_tensor_data", "model_repository/readonly")
+
+
+def server_metadata(*extra_extensions: str) -> dict[str, object]:
+    return {"name": SERVER_NAME, "version": __version__, "extensions": [*EXTENSIONS, *extra_extensions]}
 
 
 def check_served(served: str, name: str, version: str | None) -> None:

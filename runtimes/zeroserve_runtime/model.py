@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
@@ -12,6 +14,10 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, R
 
 from zeroserve_runtime.errors import InvalidInput, ModelLoadError
 from zeroserve_runtime.protocol.tensors import DATATYPES, ONNX_TO_DATATYPE
+from zeroserve_runtime.storage import fetch
+
+if TYPE_CHECKING:
+    from zeroserve_runtime.settings import RuntimeSettings
 
 log = logging.getLogger("zeroserve.runtime")
 
@@ -122,3 +128,17 @@ class OnnxModel:
             "inputs": [s.metadata() for s in self.inputs],
             "outputs": [s.metadata() for s in self.outputs],
         }
+
+
+def load_model(settings: RuntimeSettings, marks: dict[str, float] | None = None) -> OnnxModel:
+    """Fetch, load and warm up the model `settings` name: what the server and every function do once per
+    process. Seconds per phase go into `marks` (fetch, load, warmup)."""
+    begun = time.time()
+    path = fetch(settings.model_uri, settings.cache_dir, settings.model_sha256)
+    fetched = time.time()
+    model = OnnxModel(settings.model_name, path, settings.intra_op_threads(), settings.device)
+    loaded = time.time()
+    model.warmup()
+    if marks is not None:
+        marks.update(fetch=fetched - begun, load=loaded - fetched, warmup=time.time() - loaded)
+    return model

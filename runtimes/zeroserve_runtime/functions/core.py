@@ -11,7 +11,6 @@ and /metrics (nobody can scrape a function instance).
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Mapping
@@ -19,28 +18,26 @@ from collections.abc import Mapping
 import orjson
 from pydantic import ValidationError
 
-from zeroserve import __version__
 from zeroserve_runtime.coldstart import process_start_time
 from zeroserve_runtime.errors import ModelLoadError, PayloadTooLarge, ServingError
-from zeroserve_runtime.inference import check_served, infer
-from zeroserve_runtime.model import OnnxModel
-from zeroserve_runtime.protocol import rest_codec
+from zeroserve_runtime.inference import (
+    check_served,
+    infer,
+    refuse_repository_change,
+    repository_index,
+    server_metadata,
+)
+from zeroserve_runtime.model import load_model
+from zeroserve_runtime.protocol import rest_codec, routes
 from zeroserve_runtime.protocol.headers import ColdStart
 from zeroserve_runtime.settings import RuntimeSettings
-from zeroserve_runtime.storage import fetch, redact
+from zeroserve_runtime.storage import redact
 
 log = logging.getLogger("zeroserve.function")
 
 # (status, headers with lowercase names, body)
 Response = tuple[int, dict[str, str], bytes]
 
-# As the server reports itself (zeroserve_runtime.dataplane), less the Prometheus statistics extension:
-# a function has no /metrics. Not imported from there: that module pulls in the server's batching and
-# prometheus_client, tens of milliseconds on every cold start.
-SERVER_NAME = "zeroserve"
-EXTENSIONS = ["binary_tensor_data", "model_repository/readonly"]
-# The same routes as the server's REST transport (zeroserve_runtime.rest.MODEL_PATH).
-MODEL_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?$")
 JSON = "application/json"
 
 
@@ -60,9 +57,7 @@ class FunctionApp:
         started_at = process_start_time() if started_at is None else started_at
         self.settings = settings
         self.name = settings.model_name
-        path = fetch(settings.model_uri, settings.cache_dir, settings.model_sha256)
-        self.model = OnnxModel(self.name, path, settings.intra_op_threads(), settings.device)
-        self.model.warmup()
+        self.model = load_model(settings)
         # Process start to ready: the platform's own share of the cold start (sandbox, interpreter
         # start, imports) included, as far as this process can see it.
         self.init_seconds = time.time() - started_at
@@ -101,36 +96,45 @@ class FunctionApp:
     def _route(
         self, method: str, path: str, headers: dict[str, str], body: bytes, entered: float
     ) -> Response:
-        if method == "GET":
-            # Once this object exists the model is loaded: live and ready are the same thing here.
-            if path == "/v2/health/live":
-                return json_response(200, {"live": True})
-            if path == "/v2/health/ready":
-                return json_response(200, {"ready": True})
-            if path == "/v2":
-                return json_response(
-                    200, {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
-                )
-        match = MODEL_PATH.match(path)
-        if match:
-            name, version, action = match.groups()
-            if method == "GET" and action is None:
-                check_served(self.name, name, version)
-                return json_response(200, self.model.metadata())
-            if method == "GET" and action == "/ready":
-                check_served(self.name, name, version)
-                return json_response(200, {"ready": True})
-            if method == "POST" and action == "/infer":
-                return self._infer(name, version, headers, body, entered)
-        return json_response(404, {"error": f"no route for {method} {path}"})
+        route = routes.match(method, path)
+        if route is None:
+            return json_response(404, {"error": routes.no_route(method, path)})
+        endpoint, p = route
+        if endpoint == "infer":
+            return self._infer(p["name"], p["version"], headers, body, entered)
+        # Once this object exists the model is loaded: live and ready are the same thing here.
+        if endpoint == "model_metadata":
+            check_served(self.name, p["name"], p["version"])
+            return json_response(200, self.model.metadata())
+        if endpoint == "model_ready":
+            check_served(self.name, p["name"], p["version"])
+            return json_response(200, {"ready": True})
+        if endpoint == "live":
+            return json_response(200, {"live": True})
+        if endpoint == "ready":
+            return json_response(200, {"ready": True})
+        if endpoint == "server_metadata":
+            return json_response(200, server_metadata())
+        if endpoint == "repository_index":
+            self._check_size(body)
+            ready_only = rest_codec.decode_index_request(body)
+            index = repository_index(self.name, p["repository"], "READY", ready_only)
+            return json_response(200, [m.to_json() for m in index])
+        if endpoint in ("repository_load", "repository_unload"):
+            refuse_repository_change(self.name, p["name"], endpoint.removeprefix("repository_"))
+        # No /metrics: nobody can scrape a function instance.
+        return json_response(404, {"error": routes.no_route(method, path)})
+
+    def _check_size(self, body: bytes) -> None:
+        limit = self.settings.max_request_bytes
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body of {len(body)} bytes exceeds the limit of {limit} bytes")
 
     def _infer(
         self, name: str, version: str | None, headers: dict[str, str], body: bytes, entered: float
     ) -> Response:
         check_served(self.name, name, version)
-        limit = self.settings.max_request_bytes
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body of {len(body)} bytes exceeds the limit of {limit} bytes")
+        self._check_size(body)
         request = rest_codec.decode_request(body, headers.get(rest_codec.HEADER_LENGTH))
         with self._run_lock:
             response = infer(self.model, name, request)
