@@ -71,12 +71,14 @@ build_base() {
   local ref=$1 work c security=${mirror%/debian}/debian-security
   work=$(mktemp -d)
   # minbase: the essential set and apt; no docs, man pages or locales (copyrights stay).
+  # The merged-/usr hook installs usr-is-merged instead of usrmerge, which would bring all of perl.
   mmdebstrap --variant=minbase --include="$base_packages" --quiet \
+    --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     bookworm "$work/rootfs.tar" \
-    "deb $mirror bookworm main" "deb $mirror bookworm-updates main" "deb $security bookworm-security main"
+    "deb $mirror bookworm main" "deb $mirror bookworm-updates main" "deb $security bookworm-security main" >&2
   c=$(bah from scratch)
   bah add --quiet "$c" "$work/rootfs.tar" /
   bah config --cmd '["python3"]' --env LANG=C.UTF-8 --os linux --arch "$arch" "$c"
@@ -115,12 +117,17 @@ dockerfile_ref() {
 }
 
 build_dockerfile() {
-  local name=$1 ref=$2
+  local name=$1 ref=$2 trust=() f
+  # pip in the RUN steps trusts what pip here trusts: behind a TLS-inspecting proxy PyPI is only reached
+  # with this machine's CA bundle and pip.conf. Mounted for the RUN steps only, never in the image.
+  for f in /etc/ssl/certs/ca-certificates.crt /etc/pip.conf; do
+    [[ -f $f ]] && trust+=(--volume "$f:$f:ro")
+  done
   # chroot isolation: runc needs CAP_SYS_RESOURCE, which a nested machine may not grant. --pull=never:
   # the base is in the store, and nothing is ever pulled.
-  bah build --quiet --isolation chroot --pull=never --format docker \
+  bah build --quiet --isolation chroot --pull=never --format docker "${trust[@]}" \
     --build-arg BASE_IMAGE="$base" -f "$images/context/$name/Dockerfile.zeroserve" -t "$ref" \
-    "$images/context/$name" >&2
+    "$images/context/$name" >/dev/null
 }
 
 # --- archives --------------------------------------------------------------------------------------
@@ -173,13 +180,17 @@ base=$(base_ref)
 runtime=$(dockerfile_ref runtime-onnx "$root/runtimes/onnx/Dockerfile")
 operator=$(dockerfile_ref operator "$root/operator/Dockerfile")
 
-# ensure NAME REF BUILD...: build REF unless the store has it.
+# ensure NAME REF BUILD...: build REF unless the store has it, then drop NAME's other tags: vfs keeps a
+# full copy of every image, and each source change makes a new one.
 ensure() {
-  local name=$1 ref=$2 started=$SECONDS; shift 2
+  local name=$1 ref=$2 started=$SECONDS old; shift 2
   if have_image "$ref"; then log "$name: $ref (cached)"; return; fi
   log "$name: building $ref"
   "$@" "$ref"
   log "$name: built in $((SECONDS - started)) s"
+  bah images --format '{{.Name}}:{{.Tag}}' --filter "reference=$registry/$name" | while read -r old; do
+    [[ $old == "$ref" ]] || bah rmi "$old" >/dev/null
+  done
 }
 
 for name in "${wanted[@]}"; do
