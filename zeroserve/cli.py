@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 
@@ -84,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
-    if args_in[:1] == ["serve"]:
+    # An image holding another component only (operator/Dockerfile) has no serve: the parser says so.
+    if args_in[:1] == ["serve"] and importlib.util.find_spec("zeroserve_runtime") is not None:
         # The runtime's cold start is on the clock from process start: skip building every other
         # subcommand's parser (and what they import) on the way to it.
         from zeroserve_runtime import cli as runtime_cli
