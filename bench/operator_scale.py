@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from controlplane import Binaries, ControlPlane
 from kubernetes_asyncio import client as aclient
 from kubernetes_asyncio import config as aconfig
+from kubernetes_asyncio.client.rest import ApiException
 from operatorproc import OperatorProcess
 from zeroserve_operator import api, crd
 
@@ -57,9 +58,18 @@ async def run(plane: ControlPlane, proc: OperatorProcess, count: int) -> dict[st
 
         async def create(i: int) -> None:
             async with gate:
-                await custom.create_namespaced_custom_object(
-                    api.GROUP, api.VERSION, NAMESPACE, api.PLURAL, modelservice(i)
-                )
+                for _ in range(20):
+                    try:
+                        await custom.create_namespaced_custom_object(
+                            api.GROUP, api.VERSION, NAMESPACE, api.PLURAL, modelservice(i)
+                        )
+                        return
+                    except ApiException as e:
+                        # The API server's way of saying "not yet" (e.g. storage still initializing).
+                        if e.status != 429:
+                            raise
+                        await asyncio.sleep(float((e.headers or {}).get("Retry-After", 1)))
+                raise RuntimeError(f"ModelService {i}: still 429 after 20 tries")
 
         t0 = time.monotonic()
         await asyncio.gather(*(create(i) for i in range(count)))

@@ -52,15 +52,16 @@ wrapper_module() {
 build_kubernetes() {
   local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
   local staging="v0.${K8S_VERSION#v1.}"
-  if current kube-apiserver "$K8S_VERSION" --version &&
-     current kube-controller-manager "$K8S_VERSION" --version &&
-     current kubectl "$K8S_VERSION" version --client; then
-    log "kubernetes $K8S_VERSION: up to date"; return
-  fi
-  log "kubernetes $K8S_VERSION: building kube-apiserver, kube-controller-manager, kubectl (cold: tens of minutes on 2 cores)"
+  local names=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl) name stale=()
+  for name in "${names[@]}"; do
+    if [[ $name == kubectl ]]; then current kubectl "$K8S_VERSION" version --client || stale+=("$name")
+    else current "$name" "$K8S_VERSION" --version || stale+=("$name"); fi
+  done
+  if ((${#stale[@]} == 0)); then log "kubernetes $K8S_VERSION: up to date"; return; fi
+  log "kubernetes $K8S_VERSION: building ${stale[*]} (cold: tens of minutes on 2 cores)"
   local dir="$src/kubernetes"
   wrapper_module "$dir" k8s.io/kubernetes "$K8S_VERSION" "$staging"
-  local pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl)
+  local pkgs=("${stale[@]/#/k8s.io/kubernetes/cmd/}")
   (cd "$dir" && go get "${pkgs[@]/%/@$K8S_VERSION}")
   # The same -X flags Kubernetes' hack/lib/version.sh sets; without them every binary reports v0.0.0.
   local ld="" p
@@ -83,12 +84,31 @@ build_etcd() {
 }
 
 build_helm() {
-  if current helm "$HELM_VERSION" version --template '{{.Version}}'; then log "helm $HELM_VERSION: up to date"; return; fi
-  log "helm $HELM_VERSION: building"
+  # Helm's default capabilities report the Kubernetes version of the client-go it is built with, stamped
+  # by its Makefile; unstamped it says v1.20 and refuses charts with a newer kubeVersion. The stamp file
+  # records that version, which `helm version` does not show.
+  local gomod client_go major minor stamp="$bin/.helm.kube-version"
+  gomod=$(cd "$src" && go mod download -json "helm.sh/helm/v3@$HELM_VERSION" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  client_go=$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$gomod")
+  # As upstream's Makefile: client-go v0.N.x goes with Kubernetes v1.N.
+  local parts; IFS=. read -ra parts <<<"${client_go#v}"
+  major=$((parts[0] + 1)); minor=${parts[1]}
+  if current helm "$HELM_VERSION" version --template '{{.Version}}' &&
+     [[ "$(cat "$stamp" 2>/dev/null)" == "v$major.$minor" ]]; then
+    log "helm $HELM_VERSION (Kubernetes v$major.$minor): up to date"; return
+  fi
+  log "helm $HELM_VERSION: building, with default Kubernetes version v$major.$minor"
+  rm -f "$stamp"
+  local ld="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  ld+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  local p
+  for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ld+=" -X $p.k8sVersionMajor=$major -X $p.k8sVersionMinor=$minor"
+  done
   # pyhelm3 parses `helm version` as semver, so the version must be stamped in.
-  GOBIN="$bin" go install -trimpath \
-    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
-    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  GOBIN="$bin" go install -trimpath -ldflags "$ld" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  echo "v$major.$minor" >"$stamp"
 }
 
 # aws-lambda-rie has no --version (unknown flags are passed on to the runtime it starts), so a stamp file

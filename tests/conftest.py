@@ -7,12 +7,23 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from controlplane import Binaries, ControlPlane, ControlPlaneError
+from controlplane import Binaries, ControlPlane, ControlPlaneError, default_cache_dir
 from kubernetes_asyncio import client as aclient
 from kubernetes_asyncio import config as aconfig
+from node import Images, NodeError
 from runtimeproc import int_model, linear_model
 
-_running: ControlPlane | None = None
+_running: list[ControlPlane] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "own_node: starts and stops a test node of its own (run first)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start and stop a node of their own run before the session's node exists: one node per
+    machine at a time."""
+    items.sort(key=lambda item: item.get_closest_marker("own_node") is None)
 
 
 @pytest.fixture(scope="session")
@@ -32,19 +43,41 @@ def binaries() -> Binaries:
 
 
 @pytest.fixture(scope="session")
-def control_plane(binaries: Binaries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    global _running
-    plane = ControlPlane(binaries, tmp_path_factory.mktemp("controlplane"))
+def images() -> Images:
+    """The locally built images. Missing ones fail the test with the command that builds them."""
+    try:
+        return Images.from_cache(default_cache_dir())
+    except NodeError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+def _running_plane(plane: ControlPlane) -> Iterator[ControlPlane]:
     try:
         plane.start()
-    except ControlPlaneError as e:
-        pytest.fail(f"could not start the test control plane:\n{e}", pytrace=False)
-    _running = plane
+    except (ControlPlaneError, NodeError) as e:
+        pytest.fail(f"could not start the test cluster:\n{e}", pytrace=False)
+    _running.append(plane)
     try:
         yield plane
     finally:
-        _running = None
+        _running.remove(plane)
         plane.stop()
+
+
+@pytest.fixture(scope="session")
+def control_plane(binaries: Binaries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """The fast control plane: no node, no pods."""
+    yield from _running_plane(ControlPlane(binaries, tmp_path_factory.mktemp("controlplane")))
+
+
+@pytest.fixture(scope="session")
+def node_cluster(
+    binaries: Binaries, images: Images, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ControlPlane]:
+    """A control plane with kube-scheduler and one real node (containerd, kubelet, kube-proxy) that runs
+    pods from the locally built images."""
+    plane = ControlPlane(binaries, tmp_path_factory.mktemp("nodecluster"), images=images)
+    yield from _running_plane(plane)
 
 
 @pytest.fixture(scope="session")
@@ -60,8 +93,9 @@ def modelservice_crd(control_plane: ControlPlane) -> str:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     """A component that died during a test fails that test and shows the component's last log lines."""
     report = yield
-    if _running is not None and report.when == "call" and "control_plane" in item.fixturenames:
-        dead = _running.dead_components()
+    fixtures = {"control_plane", "node_cluster"} & set(item.fixturenames)
+    if report.when == "call" and fixtures:
+        dead = [c for plane in _running for c in plane.dead_components()]
         if dead:
             report.sections.append(("control plane", ControlPlane.describe_dead(dead)))
             if report.passed:

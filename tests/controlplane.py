@@ -10,8 +10,7 @@ real CRDs installed from the pinned knative.dev/serving module.
 from __future__ import annotations
 
 import base64
-import datetime as dt
-import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -28,10 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from node import Images, Node
+from pki import CertificateAuthority
 
 from zeroserve.children import dies_with_parent
 
@@ -40,6 +37,21 @@ VERSIONS_FILE = REPO_ROOT / "hack" / "versions.env"
 BUILD_HINT = "run `make control-plane` (hack/build-control-plane.sh) to build it"
 ADMIN_USER = "zeroserve-admin"
 SERVICE_CIDR = "10.96.0.0/24"
+KUBERNETES_SERVICE_IP = "10.96.0.1"
+# What a cluster with a node needs beyond the fast control plane: Ready nodes lose their not-ready
+# taint, Services get endpoints, Deployments get pods, service-account token volumes get the cluster
+# CA, Knative's aggregated roles get rules, and dead pods get collected.
+NODE_CONTROLLERS = [
+    "node-lifecycle-controller",
+    "endpoints-controller",
+    "endpointslice-controller",
+    "endpointslice-mirroring-controller",
+    "replicaset-controller",
+    "deployment-controller",
+    "root-ca-certificate-publisher-controller",
+    "clusterrole-aggregation-controller",
+    "pod-garbage-collector-controller",
+]
 LOG_TAIL_LINES = 40
 
 
@@ -70,6 +82,9 @@ class Binaries:
     etcd: Path
     kube_apiserver: Path
     kube_controller_manager: Path
+    kube_scheduler: Path
+    kubelet: Path
+    kube_proxy: Path
     kubectl: Path
     helm: Path
     knative_crds: Path
@@ -85,6 +100,9 @@ class Binaries:
             "etcd": (["--version"], etcd.removeprefix("v")),
             "kube-apiserver": (["--version"], k8s),
             "kube-controller-manager": (["--version"], k8s),
+            "kube-scheduler": (["--version"], k8s),
+            "kubelet": (["--version"], k8s),
+            "kube-proxy": (["--version"], k8s),
             "kubectl": (["version", "--client"], k8s),
             "helm": (["version", "--template", "{{.Version}}"], helm),
         }
@@ -111,6 +129,9 @@ class Binaries:
             etcd=bin_dir / "etcd",
             kube_apiserver=bin_dir / "kube-apiserver",
             kube_controller_manager=bin_dir / "kube-controller-manager",
+            kube_scheduler=bin_dir / "kube-scheduler",
+            kubelet=bin_dir / "kubelet",
+            kube_proxy=bin_dir / "kube-proxy",
             kubectl=bin_dir / "kubectl",
             helm=bin_dir / "helm",
             knative_crds=crds,
@@ -175,79 +196,19 @@ class Component:
                 continue
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _issue_certificates(directory: Path) -> dict[str, Path]:
-    """A throwaway CA, a serving certificate for 127.0.0.1 and a service-account signing key."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "zeroserve-test-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=7))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    serving_key = ec.generate_private_key(ec.SECP256R1())
-    sans = x509.SubjectAlternativeName(
-        [
-            x509.DNSName("localhost"),
-            x509.DNSName("kubernetes.default.svc"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(ipaddress.ip_address("10.96.0.1")),
-        ]
-    )
-    serving = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_name)
-        .public_key(serving_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=7))
-        .add_extension(sans, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    sa_key = ec.generate_private_key(ec.SECP256R1())
-    files = {
-        "ca.crt": _cert_pem(ca),
-        "apiserver.crt": _cert_pem(serving),
-        "apiserver.key": _key_pem(serving_key),
-        "sa.key": _key_pem(sa_key),
-        "sa.pub": sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ),
-    }
-    paths = {}
-    for name, data in files.items():
-        path = directory / name
-        path.write_bytes(data)
-        path.chmod(0o600)
-        paths[name] = path
-    return paths
-
-
 @dataclass
 class ControlPlane:
+    """etcd, kube-apiserver and kube-controller-manager; with `images`, also kube-scheduler and one real
+    node (tests/node.py) that runs pods from those images."""
+
     binaries: Binaries
     workdir: Path
     install_knative: bool = True
+    images: Images | None = None
     components: list[Component] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     server: str = ""
+    node: Node | None = field(init=False, default=None)
     kubeconfig: Path = field(init=False)
     ca_file: Path = field(init=False)
     admin_token: str = field(init=False)
@@ -257,6 +218,13 @@ class ControlPlane:
         self.kubeconfig = self.workdir / "kubeconfig"
         self.ca_file = self.workdir / "pki" / "ca.crt"
         self.admin_token = os.urandom(24).hex()
+        if self.images is not None:
+            self.node = Node(self.workdir / "node", self.images)
+
+    @property
+    def address(self) -> str:
+        """Where the API server listens: loopback, or the node's bridge address so pods reach it."""
+        return self.node.ip if self.node else "127.0.0.1"
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -277,21 +245,30 @@ class ControlPlane:
         self.timings["total"] = time.monotonic() - t0
 
     def _start(self, ready_timeout: float) -> None:
-        pki = self.workdir / "pki"
-        pki.mkdir(exist_ok=True)
-        certs = _issue_certificates(pki)
-        tokens = pki / "tokens.csv"
+        self.ca = ca = CertificateAuthority(self.workdir / "pki")
+        address = self.address
+        serving = ca.issue(
+            "apiserver",
+            "kube-apiserver",
+            dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
+            ips=tuple(dict.fromkeys(("127.0.0.1", address, KUBERNETES_SERVICE_IP))),
+            server=True,
+        )
+        tokens = ca.directory / "tokens.csv"
         tokens.write_text(f"{self.admin_token},{ADMIN_USER},{ADMIN_USER},system:masters\n")
         tokens.chmod(0o600)
-        logs = self.workdir / "logs"
-        logs.mkdir(exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        if self.node:
+            phase = time.monotonic()
+            self.node.prepare_host()
+            self.timings["host-network"] = time.monotonic() - phase
 
         etcd_port, etcd_peer, api_port, kcm_port = (free_port() for _ in range(4))
         etcd_url = f"http://127.0.0.1:{etcd_port}"
-        self.server = f"https://127.0.0.1:{api_port}"
+        self.server = f"https://{address}:{api_port}"
 
         phase = time.monotonic()
-        etcd = self._launch(
+        etcd = self.launch(
             "etcd",
             [
                 str(self.binaries.etcd),
@@ -309,35 +286,56 @@ class ControlPlane:
         self._wait_http(etcd, f"{etcd_url}/health", ready_timeout)
         self.timings["etcd"] = time.monotonic() - phase
 
+        node_flags = []
+        if self.node:
+            kubelet_client = ca.issue(
+                "apiserver-kubelet-client",
+                "kube-apiserver-kubelet-client",
+                organizations=("system:masters",),
+                client=True,
+            )
+            node_flags = [
+                # The Node authorizer and NodeRestriction limit kubelet to its own node and pods.
+                "--enable-admission-plugins=NodeRestriction",
+                f"--kubelet-client-certificate={kubelet_client[0]}",
+                f"--kubelet-client-key={kubelet_client[1]}",
+                f"--kubelet-certificate-authority={ca.cert_file}",
+                # Never resolve the node's name through the machine's DNS.
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
         phase = time.monotonic()
-        api = self._launch(
+        api = self.launch(
             "kube-apiserver",
             [
                 str(self.binaries.kube_apiserver),
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={address}",
+                f"--advertise-address={address}",
                 f"--secure-port={api_port}",
-                f"--cert-dir={pki}",
-                f"--tls-cert-file={certs['apiserver.crt']}",
-                f"--tls-private-key-file={certs['apiserver.key']}",
-                f"--client-ca-file={certs['ca.crt']}",
-                "--authorization-mode=RBAC",
+                f"--cert-dir={ca.directory}",
+                f"--tls-cert-file={serving[0]}",
+                f"--tls-private-key-file={serving[1]}",
+                f"--client-ca-file={ca.cert_file}",
+                f"--authorization-mode={'Node,RBAC' if self.node else 'RBAC'}",
                 f"--token-auth-file={tokens}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-account-key-file={certs['sa.pub']}",
-                f"--service-account-signing-key-file={certs['sa.key']}",
+                f"--service-account-key-file={ca.sa_pub_file}",
+                f"--service-account-signing-key-file={ca.sa_key_file}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
                 "--v=1",
+                *node_flags,
             ],
         )
         self._wait_http(api, f"{self.server}/readyz", ready_timeout)
         self.timings["kube-apiserver"] = time.monotonic() - phase
-        self._write_kubeconfig()
+        self.write_kubeconfig(self.kubeconfig, ADMIN_USER, self.admin_token)
 
         phase = time.monotonic()
-        kcm = self._launch(
+        controllers = ["garbagecollector", "namespace", "serviceaccount"]
+        if self.node:
+            controllers += NODE_CONTROLLERS
+        kcm = self.launch(
             "kube-controller-manager",
             [
                 str(self.binaries.kube_controller_manager),
@@ -347,10 +345,10 @@ class ControlPlane:
                 "--bind-address=127.0.0.1",
                 f"--secure-port={kcm_port}",
                 f"--cert-dir={self.workdir / 'kcm-certs'}",
-                "--controllers=garbagecollector,namespace,serviceaccount",
+                f"--controllers={','.join(controllers)}",
                 "--leader-elect=false",
                 "--use-service-account-credentials=false",
-                f"--root-ca-file={certs['ca.crt']}",
+                f"--root-ca-file={ca.cert_file}",
                 "--v=1",
             ],
         )
@@ -358,14 +356,54 @@ class ControlPlane:
         self._wait_http(kcm, f"https://127.0.0.1:{kcm_port}/healthz", ready_timeout, verify=False)
         self.timings["kube-controller-manager"] = time.monotonic() - phase
 
+        if self.node:
+            phase = time.monotonic()
+            self._start_scheduler(ready_timeout)
+            self.timings["kube-scheduler"] = time.monotonic() - phase
+            self.node.start(self)
+            self.timings.update({f"node:{k}": v for k, v in self.node.timings.items()})
+
         if self.install_knative:
             phase = time.monotonic()
             self.install_knative_crds(ready_timeout)
             self.timings["knative-crds"] = time.monotonic() - phase
 
+    def _start_scheduler(self, ready_timeout: float) -> None:
+        d = self.workdir / "kube-scheduler"
+        d.mkdir(exist_ok=True)
+        kubeconfig = self.write_kubeconfig(
+            d / "kubeconfig",
+            "system:kube-scheduler",
+            self.ca.issue("kube-scheduler", "system:kube-scheduler", client=True),
+        )
+        port = free_port()
+        scheduler = self.launch(
+            "kube-scheduler",
+            [
+                str(self.binaries.kube_scheduler),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                "--leader-elect=false",
+                "--v=1",
+            ],
+        )
+        self._wait_http(scheduler, f"https://127.0.0.1:{port}/healthz", ready_timeout, verify=False)
+
     def stop(self) -> None:
+        if self.node:
+            # Nothing may recreate pods while kubelet stops them.
+            for name in ("kube-controller-manager", "kube-scheduler"):
+                if c := self.find(name):
+                    c.stop()
+            if self.find("kubelet") and not self.dead_components():
+                self.node.drain(self)
         for component in reversed(self.components):
             component.stop()
+        if self.node:
+            self.node.cleanup(self.binaries.kube_proxy)
 
     # -- health ----------------------------------------------------------------------------------------
 
@@ -391,9 +429,20 @@ class ControlPlane:
     def component(self, name: str) -> Component:
         return next(c for c in self.components if c.name == name)
 
+    def find(self, name: str) -> Component | None:
+        return next((c for c in self.components if c.name == name), None)
+
+    def raise_if_dead(self, component: Component) -> None:
+        if component.exited() is not None:
+            raise ControlPlaneError(self.describe_dead([component]))
+
+    @staticmethod
+    def free_port() -> int:
+        return free_port()
+
     # -- helpers ---------------------------------------------------------------------------------------
 
-    def _launch(self, name: str, argv: list[str]) -> Component:
+    def launch(self, name: str, argv: list[str]) -> Component:
         component = Component(name, argv, self.workdir / "logs" / f"{name}.log")
         self.components.append(component)
         component.start()
@@ -429,7 +478,12 @@ class ControlPlane:
             f"last log lines:\n{component.tail()}"
         )
 
-    def _write_kubeconfig(self) -> None:
+    def write_kubeconfig(self, path: Path, user: str, credential: str | tuple[Path, Path]) -> Path:
+        """A kubeconfig for this API server, authenticating with a bearer token or a client cert pair."""
+        if isinstance(credential, str):
+            auth: dict[str, str] = {"token": credential}
+        else:
+            auth = {"client-certificate": str(credential[0]), "client-key": str(credential[1])}
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -442,27 +496,32 @@ class ControlPlane:
                     },
                 }
             ],
-            "users": [{"name": ADMIN_USER, "user": {"token": self.admin_token}}],
-            "contexts": [
-                {"name": "zeroserve-test", "context": {"cluster": "zeroserve-test", "user": ADMIN_USER}}
-            ],
+            "users": [{"name": user, "user": auth}],
+            "contexts": [{"name": "zeroserve-test", "context": {"cluster": "zeroserve-test", "user": user}}],
             "current-context": "zeroserve-test",
         }
-        self.kubeconfig.write_text(yaml.safe_dump(config))
-        self.kubeconfig.chmod(0o600)
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
 
-    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         """Run the pinned kubectl against this control plane; a failure raises with kubectl's stderr."""
         result = subprocess.run(
             [str(self.binaries.kubectl), f"--kubeconfig={self.kubeconfig}", *args],
             capture_output=True,
             text=True,
-            timeout=120,
+            input=input,
+            timeout=timeout,
         )
         if check and result.returncode != 0:
             command = " ".join(args)
             raise ControlPlaneError(f"kubectl {command} failed ({result.returncode}):\n{result.stderr}")
         return result
+
+    def get_json(self, *args: str) -> dict:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
     def apply_crds(self, files: list[Path], timeout: float = 60) -> None:
         """Server-side apply CRD manifests and wait until each is Established."""
@@ -477,6 +536,18 @@ class ControlPlane:
         self.kubectl(
             "wait", "--for=condition=Established", f"--timeout={int(timeout)}s", *(f"crd/{n}" for n in names)
         )
+        # Established comes before the API server serves the resource: until its storage is ready it
+        # answers 429 "storage is (re)initializing". A successful list means objects can be created.
+        deadline = time.monotonic() + timeout
+        for name in names:
+            while (
+                got := self.kubectl("get", name, "--all-namespaces", "--request-timeout=5s", check=False)
+            ).returncode:
+                if time.monotonic() > deadline:
+                    raise ControlPlaneError(
+                        f"{name} is Established but cannot be listed: {got.stderr.strip()}"
+                    )
+                time.sleep(0.1)
 
     def install_knative_crds(self, timeout: float = 60) -> None:
         self.apply_crds(sorted(self.binaries.knative_crds.glob("*.yaml")), timeout)

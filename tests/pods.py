@@ -1,0 +1,136 @@
+"""Manifests and waits for tests that run real pods on the test node."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any
+
+from controlplane import ControlPlane
+
+# The securityContext every Zeroserve pod runs under; the real kubelet and runc enforce it.
+RESTRICTED = {
+    "runAsNonRoot": True,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+# A pod's PID 1 ignores SIGTERM unless it handles it, and would then wait out the grace period.
+HELLO_SERVER = """
+import http.server, signal, socket, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = socket.gethostname().encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("", 8080), Hello).serve_forever()
+"""
+
+
+def hello_deployment(name: str, image: str, replicas: int = 1) -> list[dict[str, Any]]:
+    """A Deployment of a tiny HTTP server that answers with its pod's name, and its ClusterIP Service."""
+    labels = {"app": name}
+    container = {
+        "name": "hello",
+        "image": image,
+        "imagePullPolicy": "Never",
+        "command": ["python3", "-c", HELLO_SERVER],
+        "ports": [{"containerPort": 8080}],
+        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+        "securityContext": RESTRICTED,
+    }
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [container], "terminationGracePeriodSeconds": 5},
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    ]
+
+
+def apply(plane: ControlPlane, namespace: str, docs: list[dict[str, Any]]) -> None:
+    body = "\n".join(json.dumps(d) for d in docs)
+    plane.kubectl("apply", "--namespace", namespace, "-f", "-", input=body)
+
+
+def rollout(plane: ControlPlane, namespace: str, deployment: str, timeout: float = 120) -> None:
+    """Wait for a Deployment's pods to be Ready; on timeout, fail with what the pods say."""
+    got = plane.kubectl(
+        "rollout",
+        "status",
+        f"deployment/{deployment}",
+        "-n",
+        namespace,
+        f"--timeout={int(timeout)}s",
+        check=False,
+        timeout=timeout + 30,
+    )
+    if got.returncode != 0:
+        raise AssertionError(
+            f"{deployment} did not become ready: {got.stderr}\n{describe_pods(plane, namespace)}"
+        )
+
+
+def describe_pods(plane: ControlPlane, namespace: str) -> str:
+    pods = plane.get_json("pods", "-n", namespace)["items"]
+    lines = []
+    for pod in pods:
+        statuses = pod["status"].get("containerStatuses", [])
+        lines.append(f"{pod['metadata']['name']}: {pod['status'].get('phase')} {json.dumps(statuses)[:600]}")
+    events = plane.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False).stdout
+    return "\n".join(lines) + "\n" + events[-3000:]
+
+
+def pods(plane: ControlPlane, namespace: str, selector: str) -> list[dict[str, Any]]:
+    return plane.get_json("pods", "-n", namespace, "-l", selector)["items"]
+
+
+def wait_for(predicate, *, within: float, what: str, interval: float = 0.5):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {within:.0f}s waiting for {what}; last saw {last!r}")
+
+
+def service_address(plane: ControlPlane, namespace: str, name: str, within: float = 30) -> str:
+    """The Service's ClusterIP, once kube-proxy routes every port of it: a Deployment can be rolled out
+    a moment before kube-proxy has programmed its endpoints."""
+    spec = plane.get_json("service", name, "-n", namespace)["spec"]
+    ip = spec["clusterIP"]
+
+    def routed() -> bool:
+        for port in spec["ports"]:
+            try:
+                socket.create_connection((ip, port["port"]), timeout=2).close()
+            except OSError:
+                return False
+        return True
+
+    wait_for(routed, within=within, what=f"kube-proxy to route {namespace}/{name} at {ip}", interval=0.1)
+    return ip

@@ -1,0 +1,144 @@
+"""The test cluster's real node: kubelet, containerd, the CNI bridge and kube-proxy, on this machine only."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from controlplane import KUBERNETES_SERVICE_IP, Binaries, ControlPlane
+from node import NODE_IP, NODE_NAME, OFF_BRIDGE_PROBE, POD_CIDR, Images, host_state
+from pods import RESTRICTED, apply, hello_deployment, pods, rollout, service_address, wait_for
+
+
+@pytest.fixture
+def node_ns(node_cluster: ControlPlane) -> Iterator[str]:
+    name = f"n-{uuid.uuid4().hex[:10]}"
+    node_cluster.kubectl("create", "namespace", name)
+    yield name
+    node_cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+def test_node_is_ready_with_pinned_versions_and_bridge_address(node_cluster: ControlPlane) -> None:
+    node = node_cluster.get_json("node", NODE_NAME)
+    info = node["status"]["nodeInfo"]
+    assert info["kubeletVersion"] == node_cluster.binaries.versions["K8S_VERSION"]
+    assert info["kubeProxyVersion"] in ("", info["kubeletVersion"])  # deprecated field, may be empty
+    assert info["containerRuntimeVersion"].startswith("containerd://1.6.")
+    ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True", ready
+    addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
+    assert addresses["InternalIP"] == NODE_IP
+    assert not node["spec"].get("taints")
+
+
+def test_pods_get_bridge_addresses_and_cluster_ips_route_to_them(
+    node_cluster: ControlPlane, node_ns: str
+) -> None:
+    images: Images = node_cluster.images  # type: ignore[assignment]
+    apply(node_cluster, node_ns, hello_deployment("hello", images.runtime, replicas=2))
+    rollout(node_cluster, node_ns, "hello")
+    running = pods(node_cluster, node_ns, "app=hello")
+    names = {p["metadata"]["name"] for p in running}
+    for pod in running:
+        assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(POD_CIDR)
+    cluster_ip = service_address(node_cluster, node_ns, "hello")
+
+    # From the host, through kube-proxy's rules: both replicas answer behind the one address.
+    def seen_from_host() -> set[str]:
+        seen = set()
+        for _ in range(20):
+            with urllib.request.urlopen(f"http://{cluster_ip}/", timeout=5) as r:
+                seen.add(r.read().decode())
+        return seen
+
+    assert wait_for(lambda: seen_from_host() == names, within=30, what=f"both pods behind {cluster_ip}")
+
+    # From inside a pod, through the API server's exec into kubelet (client certificates both ways):
+    # pod to ClusterIP to pod on the same bridge, and pod to the API server through the `kubernetes`
+    # Service with its own service-account token.
+    pod = sorted(names)[0]
+    probe = (
+        "import json, ssl, urllib.request\n"
+        f"print(urllib.request.urlopen('http://{cluster_ip}/', timeout=5).read().decode())\n"
+        "sa = '/var/run/secrets/kubernetes.io/serviceaccount/'\n"
+        "ctx = ssl.create_default_context(cafile=sa + 'ca.crt')\n"
+        "req = urllib.request.Request('https://kubernetes.default.svc/version',"
+        " headers={'Authorization': 'Bearer ' + open(sa + 'token').read()})\n"
+        "print(json.load(urllib.request.urlopen(req, context=ctx, timeout=5))['gitVersion'])\n"
+    )
+    # No cluster DNS on this node yet: the API server by its Service's ClusterIP, which its certificate
+    # names.
+    probe = probe.replace("kubernetes.default.svc", KUBERNETES_SERVICE_IP)
+    out = node_cluster.kubectl("exec", "-n", node_ns, pod, "--", "python3", "-c", probe).stdout.split()
+    assert out[0] in names
+    assert out[1] == node_cluster.binaries.versions["K8S_VERSION"]
+
+    logs = node_cluster.kubectl("logs", "-n", node_ns, pod).stdout
+    assert logs == ""  # the server logs nothing; what matters is that kubelet served the request
+
+
+def test_nothing_leaves_the_bridge(node_cluster: ControlPlane, node_ns: str) -> None:
+    """A pod's attempt to reach an address off the bridge is dropped by the fixture's rule and counted
+    there, and no packet for it reaches another interface."""
+    node = node_cluster.node
+    assert node is not None
+    dropped_before = node.dropped_packets()
+    escaped_before = node.escaped_probe_packets()
+    probe = (
+        "import socket, sys\n"
+        "s = socket.socket(); s.settimeout(3)\n"
+        f"try:\n    s.connect(('{OFF_BRIDGE_PROBE}', 80))\n"
+        "except OSError as e:\n    print('blocked', e); sys.exit(0)\n"
+        "print('connected'); sys.exit(1)\n"
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "escape"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "escape",
+                    "image": node_cluster.images.runtime,  # type: ignore[union-attr]
+                    "imagePullPolicy": "Never",
+                    "command": ["python3", "-c", probe],
+                    "securityContext": RESTRICTED,
+                }
+            ],
+        },
+    }
+    apply(node_cluster, node_ns, [pod])
+
+    def finished() -> str | None:
+        phase = node_cluster.get_json("pod", "escape", "-n", node_ns)["status"].get("phase")
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    assert wait_for(finished, within=60, what="the escape pod to finish") == "Succeeded"
+    assert "blocked" in node_cluster.kubectl("logs", "-n", node_ns, "escape").stdout
+    assert node.dropped_packets() > dropped_before
+    assert node.escaped_probe_packets() == escaped_before == 0
+
+
+@pytest.mark.own_node
+def test_teardown_leaves_nothing_and_a_second_start_works(
+    binaries: Binaries, images: Images, tmp_path: Path
+) -> None:
+    before = host_state()
+    for attempt in range(2):
+        plane = ControlPlane(binaries, tmp_path / f"start{attempt}", install_knative=False, images=images)
+        with plane:
+            ns = "teardown"
+            plane.kubectl("create", "namespace", ns)
+            apply(plane, ns, hello_deployment("hello", images.runtime))
+            rollout(plane, ns, "hello")
+            assert host_state() != before  # the node really changed the host
+        after = host_state()
+        assert after == before, json.dumps(
+            {k: [before[k], after[k]] for k in before if before[k] != after[k]}
+        )
