@@ -38,6 +38,7 @@ SPECS: dict[str, dict[str, Any]] = {
 LEFT_TO_THE_RUNTIME = {
     "host": "a pod listens on all its interfaces, the default",
     "max_request_bytes": "no ModelService field; the runtime's 64 MiB limit applies",
+    "max_inflight_bytes": "a quarter of the container's memory limit (resources.memory), from its cgroup",
     "log_level": "no ModelService field; spec.env can set ZEROSERVE_LOG_LEVEL",
 }
 

@@ -32,29 +32,92 @@ from zeroserve_runtime.model import OnnxModel
 
 
 class Admission:
-    """At most `limit` requests in the server at once; the next one is refused at the door, so memory
-    stays bounded under overload instead of queueing without end."""
+    """At most `limit` requests and `byte_limit` bytes of their bodies and decoded tensors in the server
+    at once; the next one is refused at the door, so memory stays bounded under overload instead of
+    queueing without end. A request counts the bytes it declares before its body is read.
 
-    def __init__(self, limit: int, on_change: Callable[[int], None]) -> None:
+    One request larger than the whole byte budget is still admitted when it would be alone: otherwise a
+    budget below --max-request-bytes would refuse it forever."""
+
+    def __init__(self, limit: int, on_change: Callable[[int], None], byte_limit: int = 1 << 62) -> None:
         self.limit = limit
+        self.byte_limit = byte_limit
         self.count = 0
+        self.bytes = 0
+        # Bytes held for requests whose size is not known yet (a gRPC message still arriving): they may
+        # be waited out, where known bytes are a reason to refuse.
+        self.unknown = 0
         self._on_change = on_change
         self._idle = asyncio.Event()
         self._idle.set()
+        self._freed = asyncio.Event()
 
-    def acquire(self) -> None:
-        """Take a place, or raise ServerBusy. Every successful acquire() needs its release()."""
+    def _fits(self, nbytes: int, held: int) -> bool:
+        return held == 0 or held + nbytes <= self.byte_limit
+
+    def acquire(self, nbytes: int = 0) -> None:
+        """Take a place and `nbytes`, or raise ServerBusy. Every successful acquire() needs its
+        release() of the same bytes (after any resize())."""
         if self.count >= self.limit:
-            raise ServerBusy(f"the server is at its limit of {self.limit} requests in flight; retry later")
+            raise self._crowded()
+        if not self._fits(nbytes, self.bytes):
+            raise self._full(nbytes)
+        self._take(nbytes)
+
+    async def acquire_unknown(self, nbytes: int, within: float) -> None:
+        """acquire() for a request of unknown size, holding `nbytes` (its largest) until resize() tells
+        the real one. Only known bytes refuse it; room held for other unknown ones is waited for, up to
+        `within` seconds, as those turn out small."""
+        if self.count >= self.limit:
+            raise self._crowded()
+        if not self._fits(nbytes, self.bytes - self.unknown):
+            raise self._full(nbytes)
+        deadline = asyncio.get_running_loop().time() + within
+        while not self._fits(nbytes, self.bytes):
+            self._freed.clear()
+            try:
+                await asyncio.wait_for(self._freed.wait(), deadline - asyncio.get_running_loop().time())
+            except TimeoutError:
+                raise self._full(nbytes) from None
+            if self.count >= self.limit:
+                raise self._crowded()
+        self.unknown += nbytes
+        self._take(nbytes)
+
+    def known(self, unknown: int, nbytes: int) -> None:
+        """A request admitted with acquire_unknown(unknown) turns out to need `nbytes`."""
+        self.unknown -= unknown
+        self.resize(unknown, nbytes)
+
+    def resize(self, old: int, new: int) -> None:
+        """A request's bytes turn out to be `new` rather than the `old` it was admitted with."""
+        self.bytes += new - old
+        if new < old:
+            self._freed.set()
+
+    def _take(self, nbytes: int) -> None:
         self.count += 1
+        self.bytes += nbytes
         self._idle.clear()
         self._on_change(self.count)
 
-    def release(self) -> None:
+    def _crowded(self) -> ServerBusy:
+        return ServerBusy(f"the server is at its limit of {self.limit} requests in flight; retry later")
+
+    def _full(self, nbytes: int) -> ServerBusy:
+        return ServerBusy(
+            f"the server holds {self.bytes / 2**20:.0f} MiB of requests and this one needs "
+            f"{nbytes / 2**20:.0f} MiB more, over its budget of {self.byte_limit / 2**20:.0f} MiB; "
+            "retry later"
+        )
+
+    def release(self, nbytes: int = 0) -> None:
         if self.count <= 0:
             raise RuntimeError("Admission.release() without a matching acquire()")
         self.count -= 1
+        self.bytes -= nbytes
         self._on_change(self.count)
+        self._freed.set()
         if self.count == 0:
             self._idle.set()
 

@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 
+from zeroserve_runtime import memory
 from zeroserve_runtime.batching import Admission, Batcher
 from zeroserve_runtime.errors import InvalidInput, ModelNotReady, ServerBusy, ServingError
 from zeroserve_runtime.inference import (
@@ -23,6 +24,10 @@ from zeroserve_runtime.protocol.headers import ColdStart
 from zeroserve_runtime.protocol.repository import ModelIndex
 from zeroserve_runtime.protocol.tensors import InferRequest, InferResponse
 
+# How long a gRPC request, whose size is known only once it has arrived, waits for room held for others
+# still arriving before it is refused.
+UNKNOWN_SIZE_WAIT_SECONDS = 1.0
+
 
 class DataPlane:
     def __init__(self, model_name: str, metrics: RuntimeMetrics, admission: Admission) -> None:
@@ -34,6 +39,7 @@ class DataPlane:
         self.draining = False
         # Both transports put its timing and cold-start headers on their answers.
         self.cold_start = ColdStart()
+        self.trimmer = memory.Trimmer()
 
     def attach(self, model: OnnxModel, batcher: Batcher, init_seconds: float) -> None:
         """Turn ready. The start-to-ready time is recorded first, so the first answer carries it."""
@@ -82,17 +88,29 @@ class DataPlane:
 
     # -- inference -------------------------------------------------------------------------------------
 
-    def acquire(self, protocol: str) -> None:
-        """Hold a place for one request from before its body is read until its answer is ready, so
-        what overload can pile up (bodies, decoded tensors) is bounded; a full server answers 503."""
+    def acquire(self, protocol: str, nbytes: int = 0) -> None:
+        """Hold a place and `nbytes` for one request from before its body is read until its answer is
+        ready, so what overload can pile up (bodies, decoded tensors) is bounded by count and by bytes;
+        a full server answers 503."""
         try:
-            self.admission.acquire()
+            self.admission.acquire(nbytes)
         except ServerBusy:
             self.metrics.requests.labels(self.model_name, protocol, "busy").inc()
             raise
 
-    def release(self) -> None:
-        self.admission.release()
+    async def acquire_unknown(self, protocol: str, nbytes: int) -> None:
+        """acquire() for a request whose size is known only once it has arrived (gRPC)."""
+        try:
+            await self.admission.acquire_unknown(nbytes, UNKNOWN_SIZE_WAIT_SECONDS)
+        except ServerBusy:
+            self.metrics.requests.labels(self.model_name, protocol, "busy").inc()
+            raise
+
+    def release(self, nbytes: int = 0) -> None:
+        self.admission.release(nbytes)
+        if nbytes >= memory.TRIM_AFTER_BYTES and self.admission.bytes < memory.TRIM_AFTER_BYTES:
+            # The burst of large requests is over: hand what they left in malloc's free lists back.
+            self.trimmer.trim()
 
     @contextlib.contextmanager
     def admit(self, protocol: str) -> Iterator[None]:

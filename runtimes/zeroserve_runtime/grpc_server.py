@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from zeroserve_runtime import memory
 from zeroserve_runtime.dataplane import DataPlane
 from zeroserve_runtime.errors import InvalidInput, ServingError
 from zeroserve_runtime.protocol.tensors import (
@@ -23,6 +24,10 @@ from zeroserve_runtime.protocol.tensors import (
 )
 
 log = logging.getLogger("zeroserve.runtime")
+
+# What a message arriving holds per byte, at its peak: the core's buffer, its copy as Python bytes and
+# the parsed message overlap while it is handed over (a 24-request burst at 2x was OOM-killed).
+GRPC_ARRIVING_COST = 2
 
 # Which InferTensorContents field carries each datatype when raw contents are not used.
 CONTENTS_FIELD = {
@@ -78,8 +83,9 @@ def decode_request(request: service_pb2.ModelInferRequest) -> InferRequest:
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, max_message_bytes: int) -> None:
         self.dataplane = dataplane
+        self.max_message_bytes = max_message_bytes
 
     async def _abort(self, context: grpc.aio.ServicerContext, error: ServingError) -> None:
         await context.abort(getattr(grpc.StatusCode, error.grpc_code), error.message)
@@ -142,21 +148,38 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         except ServingError as e:
             await self._abort(context, e)
 
-    async def ModelInfer(self, request, context):  # type: ignore[no-untyped-def]
+    async def ModelInfer(self, requests, context):  # type: ignore[no-untyped-def]
+        """Served as client-streaming (the wire is the same for a unary call), so that it runs before
+        the message is read: gRPC only says how large a message is once the whole of it has arrived, and
+        two dozen 60 MB messages read at once before any could be refused are what OOM-killed the
+        server. So each holds room for the largest message while it arrives, and its real size after."""
+        dp = self.dataplane
         try:
-            with self.dataplane.admit("grpc"):
-                decoded = decode_request(request)
-                started = time.perf_counter()
-                response = await self.dataplane.infer(
-                    request.model_name, request.model_version, decoded, "grpc"
-                )
+            await dp.acquire_unknown("grpc", self.max_message_bytes * GRPC_ARRIVING_COST)
+        except ServingError as e:
+            await self._abort(context, e)
+            return None
+        held = self.max_message_bytes * GRPC_ARRIVING_COST
+        try:
+            request = await context.read()
+            if request is grpc.aio.EOF:
+                raise InvalidInput("the request has no message")
+            # The message and each raw tensor copied out of it (protobuf hands out copies); typed contents
+            # become Python numbers on their way into an array, as JSON does.
+            nbytes = request.ByteSize() * (2 if request.raw_input_contents else memory.JSON_COST)
+            dp.admission.known(held, nbytes)
+            held = nbytes
+            name, version = request.model_name, request.model_version
+            decoded = decode_request(request)
+            del request
+            started = time.perf_counter()
+            response = await dp.infer(name, version, decoded, "grpc")
+            del decoded
             # gRPC carries the same cold-start and timing headers as REST, as trailing metadata: it goes
             # out with the status, where sending initial metadata first costs its own round through the
             # core (a tenth of the event loop's time under load).
             context.set_trailing_metadata(
-                tuple(
-                    self.dataplane.cold_start.response_headers(time.perf_counter() - started, started).items()
-                )
+                tuple(dp.cold_start.response_headers(time.perf_counter() - started, started).items())
             )
         except ServingError as e:
             await self._abort(context, e)
@@ -165,6 +188,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             log.exception("unexpected error in ModelInfer")
             await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
             return None
+        finally:
+            dp.release(held)
         out = service_pb2.ModelInferResponse(
             model_name=response.model_name, model_version=response.model_version or "", id=response.id or ""
         )
@@ -184,12 +209,39 @@ def build_server(dataplane: DataPlane, address: str, max_message_bytes: int) -> 
             ("grpc.max_send_message_length", max_message_bytes),
             # Image tensors are hundreds of KB: a wider flow-control window and larger frames than
             # HTTP/2's 64 KB / 16 KB defaults cut window updates and frame handling per request
-            # (about +5% on EfficientNet's 600 KB input, bench/runtime_throughput.py).
-            ("grpc.http2.lookahead_bytes", 8 << 20),
+            # (bench/runtime_throughput.py). But every stream may send its window's worth before the
+            # server has looked at it, refused or not: memory the in-flight budget cannot count. So 1 MB,
+            # and no BDP probing, which on loopback grew the windows until 24 refused 60 MB requests
+            # took 450 MB (and got the server OOM-killed in a 1.5 GiB cgroup).
+            ("grpc.http2.lookahead_bytes", 1 << 20),
+            ("grpc.http2.bdp_probe", 0),
             ("grpc.http2.max_frame_size", 1 << 20),
         ]
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    _add_servicer(InferenceServicer(dataplane, max_message_bytes), server)
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot listen for gRPC on {address}")
     return server
+
+
+class _Handlers:
+    """Takes the method handlers tritonclient's generated code would register."""
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, object]) -> None:
+        self.service, self.handlers = service, handlers
+
+
+def _add_servicer(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """tritonclient's handlers, but ModelInfer's reads its request itself (see ModelInfer)."""
+    taken = _Handlers()
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, taken)
+    taken.handlers["ModelInfer"] = grpc.stream_unary_rpc_method_handler(
+        servicer.ModelInfer,
+        request_deserializer=service_pb2.ModelInferRequest.FromString,
+        response_serializer=service_pb2.ModelInferResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(taken.service, taken.handlers),))
+    server.add_registered_method_handlers(taken.service, taken.handlers)

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from zeroserve_runtime.dataplane import DataPlane
 from zeroserve_runtime.errors import InvalidInput, PayloadTooLarge, ServerBusy, ServingError
+from zeroserve_runtime.memory import memory_cost
 from zeroserve_runtime.metrics import RuntimeMetrics
 from zeroserve_runtime.protocol import rest_codec, routes
 
@@ -74,7 +75,7 @@ class RestApp:
         if endpoint == "repository_index":
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             ready_only = rest_codec.decode_index_request(
-                await self._read_body(receive, headers.get("content-length"))
+                await self._read_body(receive, self._declared_length(headers.get("content-length")))
             )
             return self._json([m.to_json() for m in dp.repository_index(p["repository"], ready_only)])
         if endpoint in ("repository_load", "repository_unload"):
@@ -87,21 +88,31 @@ class RestApp:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         # Unknown models are refused before their bodies are read.
         self.dataplane.model_metadata(name, version)
+        declared = self._declared_length(headers.get("content-length"))
+        binary = rest_codec.HEADER_LENGTH in headers
+        # A chunked body holds room for the largest one allowed until its size is known.
+        nbytes = memory_cost(self.max_request_bytes if declared is None else declared, binary)
         try:
-            self.dataplane.acquire("rest")
+            self.dataplane.acquire("rest", nbytes)
         except ServerBusy:
-            # Read and drop the body, holding none of it, so the client gets its 503 rather than a
-            # broken pipe halfway through sending.
-            await self._discard_body(receive)
+            # A client that waits for 100 Continue has not sent its body, and now never will. Any other
+            # is already sending it: read and drop it, holding none of it, so the client gets its 503
+            # rather than a broken pipe halfway through sending.
+            if headers.get("expect", "").lower() != "100-continue":
+                await self._discard_body(receive)
             raise
         try:
-            body = await self._read_body(receive, headers.get("content-length"))
+            body = await self._read_body(receive, declared)
+            if declared is None:
+                held, nbytes = nbytes, memory_cost(len(body), binary)
+                self.dataplane.admission.resize(held, nbytes)
             request = rest_codec.decode_request(body, headers.get(rest_codec.HEADER_LENGTH))
             del body  # the tensors are views of it where they can be; drop the rest early
             started = time.perf_counter()
             response = await self.dataplane.infer(name, version, request, "rest")
+            del request
         finally:
-            self.dataplane.release()
+            self.dataplane.release(nbytes)
         payload, header_length = rest_codec.encode_response(response)
         out = self.dataplane.cold_start.response_headers(time.perf_counter() - started, started)
         return 200, payload, {**out, **rest_codec.content_headers(header_length)}
@@ -113,18 +124,54 @@ class RestApp:
             if message["type"] == "http.disconnect" or not message.get("more_body"):
                 return
 
-    async def _read_body(self, receive: Receive, content_length: str | None) -> bytes:
+    def _declared_length(self, content_length: str | None) -> int | None:
+        """The body's Content-Length, refused with 413 before anything is read when over the limit."""
+        if content_length is None:
+            return None
+        try:
+            declared = int(content_length)
+        except ValueError:
+            raise InvalidInput("Content-Length must be an integer") from None
+        if declared > self.max_request_bytes:
+            raise PayloadTooLarge(
+                f"request body of {declared} bytes exceeds the limit of {self.max_request_bytes} bytes"
+            )
+        return declared
+
+    async def _read_body(self, receive: Receive, declared: int | None) -> bytes | bytearray:
         limit = self.max_request_bytes
-        if content_length is not None:
-            try:
-                declared = int(content_length)
-            except ValueError:
-                raise InvalidInput("Content-Length must be an integer") from None
-            if declared > limit:
-                raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-        chunks = []
-        size = 0
-        while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidInput("the client disconnected before sending the whole body")
+        first = message.get("body", b"")
+        if not message.get("more_body"):
+            if len(first) > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            return first
+        if declared is not None:
+            # Chunks copied into one buffer of the declared size: joining them would hold the body twice.
+            buffer = bytearray(declared)
+            view = memoryview(buffer)
+            size = 0
+            chunk = first
+            while True:
+                end = size + len(chunk)
+                if end > declared:
+                    raise InvalidInput(f"the body is longer than its Content-Length of {declared} bytes")
+                view[size:end] = chunk
+                size = end
+                if not message.get("more_body"):
+                    break
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise InvalidInput("the client disconnected before sending the whole body")
+                chunk = message.get("body", b"")
+            if size != declared:
+                raise InvalidInput(f"the body has {size} bytes, but its Content-Length is {declared}")
+            return buffer
+        chunks = [first]
+        size = len(first)
+        while message.get("more_body"):
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise InvalidInput("the client disconnected before sending the whole body")
@@ -133,9 +180,7 @@ class RestApp:
             if size > limit:
                 raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
-            if not message.get("more_body"):
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return b"".join(chunks)
 
     @staticmethod
     def _error(status: int, message: str) -> tuple[int, bytes, dict[str, str]]:

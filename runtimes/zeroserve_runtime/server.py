@@ -39,7 +39,9 @@ class Runtime:
         self.settings = settings
         self.metrics = RuntimeMetrics()
         self.admission = Admission(
-            settings.max_concurrency, self.metrics.inflight.labels(settings.model_name).set
+            settings.max_concurrency,
+            self.metrics.inflight.labels(settings.model_name).set,
+            settings.inflight_bytes(),
         )
         self.dataplane = DataPlane(settings.model_name, self.metrics, self.admission)
         self.stopping = asyncio.Event()
@@ -115,7 +117,8 @@ class Runtime:
         for phase, seconds in phases.items():
             self.metrics.cold_start_seconds.labels(phase).set(seconds)
         log.info(
-            "model %s ready in %.3fs (%s); REST :%d%s; %d parallel inference(s); batching %s",
+            "model %s ready in %.3fs (%s); REST :%d%s; %d parallel inference(s); batching %s; "
+            "%d MiB for requests in flight",
             name,
             phases["total"],
             ", ".join(f"{k} {v:.3f}s" for k, v in phases.items() if k != "total"),
@@ -123,6 +126,7 @@ class Runtime:
             f", gRPC :{s.grpc_port}" if s.grpc_port else "",
             s.parallel_inferences,
             f"up to {self.batcher.max_batch_size}" if self.batcher.max_batch_size > 1 else "off",
+            self.admission.byte_limit >> 20,
         )
 
         await self.stopping.wait()

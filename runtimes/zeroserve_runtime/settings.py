@@ -23,6 +23,54 @@ def available_cpus() -> int:
     return cpus
 
 
+# cgroup v1 reports "no limit" as a huge page-rounded number rather than a word.
+_UNLIMITED = 1 << 62
+
+
+def _cgroup_limits() -> list[int]:
+    """Memory limits of this process's cgroup and its ancestors, v1 and v2. Inside a container the
+    cgroup is mounted at the root; outside (or in tests) it is the path /proc/self/cgroup names."""
+    candidates = [Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")]
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: one unified hierarchy
+            root, name = Path("/sys/fs/cgroup"), "memory.max"
+        elif "memory" in controllers.split(","):
+            root, name = Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"
+        else:
+            continue
+        # A parent's limit binds its children too.
+        here = Path(path)
+        for folder in (here, *here.parents):
+            candidates.append(root / str(folder).lstrip("/") / name)
+    limits = []
+    for file in candidates:
+        try:
+            value = file.read_text().strip()
+        except OSError:
+            continue
+        if value.isdigit() and int(value) < _UNLIMITED:
+            limits.append(int(value))
+    return limits
+
+
+def memory_limit() -> int:
+    """Bytes this process may use: its container's memory limit, else the machine's memory."""
+    limits = _cgroup_limits()
+    if limits:
+        return min(limits)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+# The share of the memory limit that request bodies and decoded tensors may hold; the rest is the
+# interpreter, the model and its activations (for a batch of 100 images, EfficientNet-Lite0's are 0.9 GB).
+INFLIGHT_SHARE = 0.25
+
+
 class RuntimeSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ZEROSERVE_",
@@ -70,6 +118,13 @@ class RuntimeSettings(BaseSettings):
         description="Requests admitted at once (running and queued); more get 503 with Retry-After.",
     )
     max_request_bytes: int = Field(default=64 * 2**20, ge=1024, description="Larger request bodies get 413.")
+    max_inflight_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Bytes of request bodies and decoded tensors held at once; a request that would go "
+        "over gets 503 with Retry-After before its body is read. Default: a quarter of the container's "
+        "memory limit (cgroup), or of the machine's memory.",
+    )
     shutdown_grace_seconds: float = Field(
         default=30, ge=0, description="How long SIGTERM waits for in-flight work."
     )
@@ -77,3 +132,6 @@ class RuntimeSettings(BaseSettings):
 
     def intra_op_threads(self) -> int:
         return self.threads or max(1, available_cpus() // self.parallel_inferences)
+
+    def inflight_bytes(self) -> int:
+        return self.max_inflight_bytes or int(memory_limit() * INFLIGHT_SHARE)
