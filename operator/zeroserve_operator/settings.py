@@ -3,12 +3,15 @@ them), or the matching `zeroserve operator` flags."""
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from zeroserve import __version__
+# The installed distribution's version (pyproject takes it from zeroserve/__init__.py): the operator
+# image has no business importing the CLI package for it.
+__version__ = version("zeroserve")
 
 
 class OperatorSettings(BaseSettings):

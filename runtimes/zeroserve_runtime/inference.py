@@ -9,11 +9,11 @@ module it imports.
 
 from __future__ import annotations
 
+import functools
 from typing import NoReturn
 
 import numpy as np
 
-from zeroserve import __version__
 from zeroserve_runtime.errors import InvalidInput, ModelNotFound, RepositoryReadOnly
 from zeroserve_runtime.model import OnnxModel
 from zeroserve_runtime.protocol.repository import ModelIndex, ModelState
@@ -26,8 +26,21 @@ SERVER_NAME = "zeroserve"
 EXTENSIONS = ("binary_tensor_data", "model_repository/readonly")
 
 
+@functools.cache
+def server_version() -> str:
+    """The installed zeroserve distribution's version (pyproject takes it from zeroserve/__init__.py),
+    read from its metadata: the runtime and the functions ship without the CLI package's dependencies and
+    must not import it. Looked up on first use, not in every cold start."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("zeroserve")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
 def server_metadata(*extra_extensions: str) -> dict[str, object]:
-    return {"name": SERVER_NAME, "version": __version__, "extensions": [*EXTENSIONS, *extra_extensions]}
+    return {"name": SERVER_NAME, "version": server_version(), "extensions": [*EXTENSIONS, *extra_extensions]}
 
 
 def check_served(served: str, name: str, version: str | None) -> None:
