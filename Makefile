@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 MLSERVER_VENV ?= /tmp/peers
 KSERVE_VENV ?= /tmp/peers-kserve
 
-.PHONY: quickstart test lint pytest setup control-plane cluster-up bench-controlplane bench-operator bench-runtime bench-peers bench-loadgen crd clean
+.PHONY: quickstart test lint pytest setup control-plane images cluster-up bench-node bench-controlplane bench-operator bench-runtime bench-peers bench-loadgen crd clean
 
 ## quickstart: install Zeroserve and run its main job on the embedded default
 quickstart: $(STAMP)
@@ -34,22 +34,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --editable '.[all,test,dev,quickstart,aws]'
 	touch $@
 
-## images: the pause, runtime and operator images as archives for a node, with buildah (cached)
-.PHONY: images
-images:
+## images: the node's images as archives, with buildah (cached): pause, runtime, operator, and Knative's,
+## Traefik's and CoreDNS's binaries from `control-plane`
+images: control-plane
 	hack/build-images.sh >/dev/null
 
-## control-plane: build etcd, kube-apiserver, kube-controller-manager, kubectl, helm (cached, pinned)
+## control-plane: build etcd, the Kubernetes binaries, kubectl, helm, Knative, Traefik, CoreDNS (cached, pinned)
 control-plane:
 	hack/build-control-plane.sh >/dev/null
 
-## cluster-up: start the test control plane by hand; prints `export KUBECONFIG=...`, Ctrl-C stops it
-cluster-up: $(STAMP) control-plane
+## cluster-up: start the test cluster with a node by hand; prints `export KUBECONFIG=...` and the image
+## references it loaded; Ctrl-C stops it
+cluster-up: $(STAMP) control-plane images
 	$(BIN)/python tests/controlplane.py up
 
 ## bench-controlplane: measure the control plane's cold start
 bench-controlplane: $(STAMP) control-plane
 	$(BIN)/python bench/controlplane_start.py
+
+## bench-node: cluster start with a Ready node, and a runtime pod from create to its first inference
+bench-node: $(STAMP) control-plane images
+	$(BIN)/python bench/node_start.py
 
 ## bench-operator: converge 1,000 ModelServices; time and operator peak RSS
 bench-operator: $(STAMP) control-plane

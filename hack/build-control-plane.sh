@@ -126,12 +126,86 @@ build_rie() {
   echo "$LAMBDA_RIE_VERSION" >"$stamp"
 }
 
+# stamped NAME VERSION: true when the stamp beside binary NAME records VERSION. For binaries whose
+# --version needs a running environment, or that have none.
+stamp_file() { echo "$bin/$(dirname "$1")/.$(basename "$1").version"; }
+stamped() { [[ -x "$bin/$1" && "$(cat "$(stamp_file "$1")" 2>/dev/null)" == "$2" ]]; }
+stamp() { echo "$2" >"$(stamp_file "$1")"; }
+
+# Knative Serving's data- and control-plane components, run as pods on the test node. Static, as
+# Knative's own release images (ko builds them with CGO off).
+build_knative() {
+  local names=(controller webhook autoscaler activator queue) name missing=0
+  for name in "${names[@]}"; do [[ -x "$bin/knative/$name" ]] || missing=1; done
+  if ((missing == 0)) && stamped knative/queue "$KNATIVE_SERVING_VERSION"; then
+    log "knative.dev/serving $KNATIVE_SERVING_VERSION components: up to date"; return
+  fi
+  log "knative.dev/serving $KNATIVE_SERVING_VERSION: building ${names[*]} (cold: about 3 minutes on 2 cores)"
+  mkdir -p "$bin/knative"
+  rm -f "$(stamp_file knative/queue)"
+  for name in "${names[@]}"; do
+    (cd "$src" && CGO_ENABLED=0 GOBIN="$bin/knative" go install -trimpath -ldflags "-s -w" \
+      "knative.dev/serving/cmd/$name@$KNATIVE_SERVING_VERSION")
+  done
+  stamp knative/queue "$KNATIVE_SERVING_VERSION"
+}
+
+# Traefik's Knative provider is Knative's networking layer on the test node (Envoy-based layers cannot
+# build here). Its go.mod has replace directives, so it builds through a wrapper module that repeats
+# them; v3.7 cannot build here at all (its nested dynamic/ext module is not served).
+build_traefik() {
+  if stamped traefik "$TRAEFIK_VERSION"; then log "traefik $TRAEFIK_VERSION: up to date"; return; fi
+  log "traefik $TRAEFIK_VERSION: building (cold: about 8 minutes on 2 cores)"
+  local dir="$src/traefik" gomod
+  rm -rf "$dir" && mkdir -p "$dir"
+  gomod=$(cd "$dir" && go mod download -json "github.com/traefik/traefik/v3@$TRAEFIK_VERSION" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  {
+    echo "module zeroserve.dev/hack/traefik"
+    echo
+    echo "go $(awk '/^go /{print $2; exit}' "$gomod")"
+    echo
+    echo "require github.com/traefik/traefik/v3 $TRAEFIK_VERSION"
+    echo
+    sed -n '/^replace (/,/^)/p' "$gomod"
+  } >"$dir/go.mod"
+  (cd "$dir" && go get "github.com/traefik/traefik/v3/cmd/traefik@$TRAEFIK_VERSION" &&
+    CGO_ENABLED=0 go build -trimpath \
+      -ldflags "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" \
+      -o "$bin/traefik" github.com/traefik/traefik/v3/cmd/traefik)
+  stamp traefik "$TRAEFIK_VERSION"
+}
+
+# Cluster DNS for the test node: Knative's components find each other and the API server by name.
+build_coredns() {
+  if current coredns "CoreDNS-${COREDNS_VERSION#v}" -version; then log "coredns $COREDNS_VERSION: up to date"; return; fi
+  log "coredns $COREDNS_VERSION: building"
+  CGO_ENABLED=0 GOBIN="$bin" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+}
+
+# module_dir MODULE@VERSION: where the module cache unpacked it.
+module_dir() {
+  (cd "$src" && go mod download -json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+}
+
+# Knative's manifests come from the module cache, never copied into the repo. The serving module's zip
+# drops its symlinks, so the networking CRDs and config-network come from knative.dev/networking and the
+# images CRD from knative.dev/caching, at the versions serving's go.mod pins.
 fetch_knative() {
-  local dir
-  dir=$(cd "$src" && go mod download -json "knative.dev/serving@$KNATIVE_SERVING_VERSION" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  local dir gomod networking caching
+  dir=$(module_dir "knative.dev/serving@$KNATIVE_SERVING_VERSION")
+  gomod=$(cd "$src" && go mod download -json "knative.dev/serving@$KNATIVE_SERVING_VERSION" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  networking=$(module_dir "knative.dev/networking@$(awk '$1 == "knative.dev/networking" {print $2; exit}' "$gomod")")
+  caching=$(module_dir "knative.dev/caching@$(awk '$1 == "knative.dev/caching" {print $2; exit}' "$gomod")")
   ln -sfn "$dir/config/core/300-resources" "$cache/knative-serving-crds"
-  log "knative.dev/serving $KNATIVE_SERVING_VERSION: CRDs at $cache/knative-serving-crds"
+  ln -sfn "$dir/config/core" "$cache/knative-serving-core"
+  ln -sfn "$networking/config" "$cache/knative-networking-config"
+  ln -sfn "$caching/config" "$cache/knative-caching-config"
+  # Traefik's own RBAC for its Knative provider, from its module's docs.
+  ln -sfn "$(module_dir "github.com/traefik/traefik/v3@$TRAEFIK_VERSION")/docs/content/reference/dynamic-configuration/kubernetes-knative-rbac.yml" \
+    "$cache/traefik-knative-rbac.yml"
+  log "knative.dev/serving $KNATIVE_SERVING_VERSION: manifests at $cache/knative-serving-core"
 }
 
 start=$SECONDS
@@ -139,6 +213,9 @@ build_etcd
 build_helm
 build_kubernetes
 build_rie
+build_knative
+build_coredns
+build_traefik
 fetch_knative
 log "done in $((SECONDS - start))s"
 echo "$bin"

@@ -4,6 +4,8 @@
 #   base          Debian bookworm with python3, made by mmdebstrap from Debian's mirror
 #   runtime-onnx  runtimes/onnx/Dockerfile on that base
 #   operator      operator/Dockerfile on that base
+#   knative-{controller,webhook,autoscaler,activator,queue}, traefik, coredns
+#                 the static binaries hack/build-control-plane.sh builds, each alone in a scratch image
 # Each image is tagged kind.local/zeroserve/<name>:<hash of its inputs> (Knative skips tag resolution for
 # kind.local), so an unchanged tree reuses what the last run built. Each one but the base is written as a
 # docker-archive, $cache/images/<name>.tar, for `ctr -n k8s.io images import`, and $cache/images/images.env
@@ -130,6 +132,35 @@ build_dockerfile() {
     "$images/context/$name" >/dev/null
 }
 
+# --- static binaries ---------------------------------------------------------------------------
+
+# Knative's, Traefik's and CoreDNS's static binaries (hack/build-control-plane.sh), each in a scratch
+# image as their release images are, run as 65532 (the Deployments set runAsNonRoot).
+static_images=(knative-controller knative-webhook knative-autoscaler knative-activator knative-queue traefik coredns)
+
+static_binary() {
+  case $1 in
+    knative-*) echo "$cache/bin/knative/${1#knative-}" ;;
+    *) echo "$cache/bin/$1" ;;
+  esac
+}
+
+static_ref() {
+  local binary
+  binary=$(static_binary "$1")
+  [[ -x $binary ]] || die "$binary is missing; run hack/build-control-plane.sh first"
+  { declare -f build_static; sha256sum <"$binary"; } | digest | sed "s|^|$registry/$1:|"
+}
+
+build_static() {
+  local name=$1 ref=$2 c binary
+  binary=$(static_binary "$name")
+  c=$(bah from scratch)
+  bah copy --quiet --chmod 0755 "$c" "$binary" "/$name"
+  bah config --entrypoint "[\"/$name\"]" --cmd '' --user 65532:65532 --os linux --arch "$arch" "$c"
+  bah commit --quiet --rm --format docker "$c" "$ref" >/dev/null
+}
+
 # --- archives --------------------------------------------------------------------------------------
 
 # export_archive NAME REF: $images/NAME.tar holds REF, written only when it holds something else.
@@ -154,6 +185,11 @@ write_env() {
     current_archive runtime-onnx "$runtime" && echo "ZEROSERVE_RUNTIME_IMAGE=$runtime"
     current_archive operator "$operator" && echo "ZEROSERVE_OPERATOR_IMAGE=$operator"
     have_image "$base" && echo "ZEROSERVE_BASE_IMAGE=$base"
+    local name key
+    for name in "${!static[@]}"; do
+      key=${name^^}; key=${key//-/_}
+      current_archive "$name" "${static[$name]}" && echo "ZEROSERVE_${key}_IMAGE=${static[$name]}"
+    done
     echo "ZEROSERVE_IMAGES_DIR=$images"
   } >"$tmp"
   mv "$tmp" "$images/images.env"
@@ -165,12 +201,12 @@ need go "Go 1.22+ (https://go.dev/dl/)"
 need buildah "apt-get install -y buildah"
 need runc "apt-get install -y runc"
 wanted=("$@")
-((${#wanted[@]})) || wanted=(pause base runtime-onnx operator)
+((${#wanted[@]})) || wanted=(pause base runtime-onnx operator "${static_images[@]}")
 for name in "${wanted[@]}"; do
   case $name in
-    pause) ;;
+    pause | knative-* | traefik | coredns) ;;
     base | runtime-onnx | operator) need mmdebstrap "apt-get install -y mmdebstrap" ;;
-    *) die "unknown image $name (pause, base, runtime-onnx, operator)" ;;
+    *) die "unknown image $name (pause, base, runtime-onnx, operator, ${static_images[*]})" ;;
   esac
 done
 mkdir -p "$images" "$store"
@@ -179,6 +215,13 @@ pause=$(pause_ref)
 base=$(base_ref)
 runtime=$(dockerfile_ref runtime-onnx "$root/runtimes/onnx/Dockerfile")
 operator=$(dockerfile_ref operator "$root/operator/Dockerfile")
+# Every static image whose binary is built gets its ref, wanted or not, so images.env keeps naming it.
+declare -A static=()
+for name in "${static_images[@]}"; do
+  if [[ -x $(static_binary "$name") || " ${wanted[*]} " == *" $name "* ]]; then
+    static[$name]=$(static_ref "$name")
+  fi
+done
 
 # ensure NAME REF BUILD...: build REF unless the store has it, then drop NAME's other tags: vfs keeps a
 # full copy of every image, and each source change makes a new one.
@@ -206,6 +249,11 @@ for name in "${wanted[@]}"; do
         ensure "$name" "$ref" build_dockerfile "$name"
         export_archive "$name" "$ref"
       fi ;;
+    *)
+      current_archive "$name" "${static[$name]}" || {
+        ensure "$name" "${static[$name]}" build_static "$name"
+        export_archive "$name" "${static[$name]}"
+      } ;;
   esac
   write_env
 done

@@ -81,6 +81,18 @@ def node_cluster(
 
 
 @pytest.fixture(scope="session")
+def knative_cluster(node_cluster: ControlPlane) -> ControlPlane:
+    """The node cluster with Knative Serving's own components, CoreDNS and Traefik running as pods."""
+    import knative
+
+    try:
+        node_cluster.timings.update({f"knative:{k}": v for k, v in knative.install(node_cluster).items()})
+    except (knative.KnativeError, NodeError, ControlPlaneError) as e:
+        pytest.fail(f"could not install Knative on the test node:\n{e}", pytrace=False)
+    return node_cluster
+
+
+@pytest.fixture(scope="session")
 def modelservice_crd(control_plane: ControlPlane) -> str:
     """The ModelService CRD from crds/, installed the way a user would."""
     from zeroserve_operator import crd

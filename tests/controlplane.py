@@ -1,10 +1,12 @@
-"""A real Kubernetes control plane on loopback: etcd, kube-apiserver and kube-controller-manager.
+"""A real Kubernetes control plane: etcd, kube-apiserver and kube-controller-manager on loopback, and
+optionally kube-scheduler and one real node (tests/node.py) that runs pods from locally built images.
 
 Started the way controller-runtime's envtest starts one, from the binaries that
 hack/build-control-plane.sh builds at the versions pinned in hack/versions.env, with Knative Serving's
 real CRDs installed from the pinned knative.dev/serving module.
 
-    python tests/controlplane.py up      # what `make cluster-up` runs; Ctrl-C tears it down
+    python tests/controlplane.py up              # what `make cluster-up` runs; Ctrl-C tears it down
+    python tests/controlplane.py up --no-node    # the API server alone, on loopback (no root needed)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from node import Images, Node
+from node import Images, Node, NodeError
 from pki import CertificateAuthority
 
 from zeroserve.children import dies_with_parent
@@ -557,16 +559,18 @@ class ControlPlane:
 
 
 def main(argv: list[str]) -> int:
-    if argv[1:] != ["up"]:
+    if argv[1:] not in (["up"], ["up", "--no-node"]):
         print(__doc__)
         return 2
+    with_node = "--no-node" not in argv
     try:
         binaries = Binaries.from_cache()
-    except ControlPlaneError as e:
+        images = Images.from_cache(default_cache_dir()) if with_node else None
+    except (ControlPlaneError, NodeError) as e:
         print(e, file=sys.stderr)
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="zeroserve-cluster-"))
-    plane = ControlPlane(binaries, workdir)
+    plane = ControlPlane(binaries, workdir, images=images)
     stop = False
 
     def _on_signal(*_: object) -> None:
@@ -575,13 +579,21 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    print("starting etcd, kube-apiserver and kube-controller-manager ...", flush=True)
+    parts = "etcd, kube-apiserver, kube-controller-manager"
+    if images:
+        parts += ", kube-scheduler and a node (containerd, kubelet, kube-proxy)"
+    print(f"starting {parts} ...", flush=True)
     try:
         plane.start()
         kubectl_dir = binaries.kubectl.parent
-        print(f"control plane ready in {plane.timings['total']:.1f}s at {plane.server}")
+        print(f"cluster ready in {plane.timings['total']:.1f}s at {plane.server}")
         print(f"logs: {workdir / 'logs'}\n")
-        print(f"export KUBECONFIG={plane.kubeconfig} PATH={kubectl_dir}:$PATH\n")
+        print(f"export KUBECONFIG={plane.kubeconfig} PATH={kubectl_dir}:$PATH")
+        if images:
+            # The images the node holds, for manifests and `helm install --set image...`.
+            print(f"ZEROSERVE_OPERATOR_IMAGE={images.operator}")
+            print(f"ZEROSERVE_RUNTIME_IMAGE={images.runtime}")
+        print()
         print("Press Ctrl-C to tear it down.", flush=True)
         while not stop:
             if plane.dead_components():
@@ -592,7 +604,7 @@ def main(argv: list[str]) -> int:
     finally:
         plane.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-        print("control plane stopped.")
+        print("cluster stopped.")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +39,8 @@ BRIDGE = "zs-br0"
 POD_CIDR = "10.244.0.0/24"
 NODE_IP = "10.244.0.1"
 NODE_NAME = "zeroserve-node"
+# The kube-dns Service's address in the cluster's service range (tests/knative.py runs CoreDNS there).
+CLUSTER_DNS_IP = "10.96.0.10"
 CNI_BIN_DIR = Path("/usr/lib/cni")
 # Every host rule we add carries this comment, so teardown finds exactly ours.
 RULE_COMMENT = "zeroserve-test-node"
@@ -86,41 +89,56 @@ def missing_host_tools() -> list[str]:
 
 @dataclass(frozen=True)
 class Images:
-    """The locally built images (hack/build-images.sh): docker archives plus their references."""
+    """The locally built images (hack/build-images.sh): references by name (pause, runtime-onnx,
+    operator, knative-activator, traefik, ...) and the docker archive holding each."""
 
-    pause: str
-    runtime: str
-    operator: str
+    refs: dict[str, str]
     archives: dict[str, Path]
+
+    REQUIRED = ("pause", "runtime-onnx", "operator")
+    HINT = "run `make images` (hack/build-images.sh) to build them"
 
     @classmethod
     def from_cache(cls, cache_dir: Path) -> Images:
         images_dir = cache_dir / "images"
         env_file = images_dir / "images.env"
-        hint = "run `make images` (hack/build-images.sh) to build them"
         if not env_file.is_file():
-            raise NodeError(f"the node's images are not built: {env_file} is missing; {hint}")
-        env = dict(
-            line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line and line[0] != "#"
-        )
-        refs = {}
-        archives = {}
-        for key, archive in (
-            ("ZEROSERVE_PAUSE_IMAGE", "pause.tar"),
-            ("ZEROSERVE_RUNTIME_IMAGE", "runtime-onnx.tar"),
-            ("ZEROSERVE_OPERATOR_IMAGE", "operator.tar"),
-        ):
-            path = images_dir / archive
-            if key not in env or not path.is_file():
-                raise NodeError(f"the node's images are not built: {key} or {path} is missing; {hint}")
-            refs[key] = env[key]
-            archives[env[key]] = path
-        return cls(
-            pause=refs["ZEROSERVE_PAUSE_IMAGE"],
-            runtime=refs["ZEROSERVE_RUNTIME_IMAGE"],
-            operator=refs["ZEROSERVE_OPERATOR_IMAGE"],
-            archives=archives,
-        )
+            raise NodeError(f"the node's images are not built: {env_file} is missing; {cls.HINT}")
+        refs, archives = {}, {}
+        for line in env_file.read_text().splitlines():
+            key, _, ref = line.partition("=")
+            if not (key.startswith("ZEROSERVE_") and key.endswith("_IMAGE")) or key == "ZEROSERVE_BASE_IMAGE":
+                continue
+            # The archive is named after the image's repository: kind.local/zeroserve/<name>:<tag>.
+            name = ref.rsplit(":", 1)[0].rsplit("/", 1)[1]
+            if (images_dir / f"{name}.tar").is_file():
+                refs[name] = ref
+                archives[ref] = images_dir / f"{name}.tar"
+        if missing := [n for n in cls.REQUIRED if n not in refs]:
+            raise NodeError(f"the node's images are not built: {', '.join(missing)} missing; {cls.HINT}")
+        return cls(refs, archives)
+
+    def ref(self, name: str) -> str:
+        if name not in self.refs:
+            raise NodeError(f"image {name} is not built; {self.HINT}")
+        return self.refs[name]
+
+    @property
+    def pause(self) -> str:
+        return self.refs["pause"]
+
+    @property
+    def runtime(self) -> str:
+        return self.refs["runtime-onnx"]
+
+    @property
+    def operator(self) -> str:
+        return self.refs["operator"]
+
+    def only(self, *names: str) -> Images:
+        """The same images, with only these (and pause) imported into a node."""
+        keep = {n: r for n, r in self.refs.items() if n in {"pause", *names}}
+        return Images(keep, {r: self.archives[r] for r in keep.values()})
 
 
 def run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -305,8 +323,14 @@ class Node:
         self._start_containerd(plane)
         self.timings["containerd"] = time.monotonic() - phase
         phase = time.monotonic()
-        for archive in self.images.archives.values():
-            self.ctr("images", "import", str(archive), timeout=300)
+        # Unpacking is mostly waiting on the disk: a few at once is faster than one after another.
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            imports = [
+                pool.submit(self.ctr, "images", "import", str(a), timeout=300)
+                for a in self.images.archives.values()
+            ]
+            for done in imports:
+                done.result()
         self.timings["images"] = time.monotonic() - phase
         phase = time.monotonic()
         self._start_kubelet(plane)
@@ -401,7 +425,8 @@ state = "{STATE_DIR / "containerd"}"
         )
         for cg in _cgroup_dirs():
             cg.mkdir(exist_ok=True)
-        # Pods get no resolver of the host's: nothing in a pod may look names up off the machine.
+        # Pods get no resolver of the host's: nothing in a pod may look names up off the machine. Cluster
+        # DNS, when a test installs it (tests/knative.py), answers cluster.local only.
         resolv = d / "resolv.conf"
         resolv.write_text("")
         config = {
@@ -433,6 +458,7 @@ state = "{STATE_DIR / "containerd"}"
             "serverTLSBootstrap": False,
             "resolvConf": str(resolv),
             "clusterDomain": "cluster.local",
+            "clusterDNS": [CLUSTER_DNS_IP],
             "podLogsDir": str(d / "pod-logs"),
             # A test machine's disk and memory are shared with the suite: never evict test pods.
             "evictionHard": {"memory.available": "0%", "nodefs.available": "0%", "imagefs.available": "0%"},

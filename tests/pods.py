@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
 import time
+import uuid
 from typing import Any
 
 from controlplane import ControlPlane
@@ -33,6 +35,34 @@ class Hello(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(("", 8080), Hello).serve_forever()
 """
+
+
+# Fields of a Knative revision's spec that a plain pod does not have.
+KNATIVE_ONLY = ("timeoutSeconds", "containerConcurrency", "responseStartTimeoutSeconds", "idleTimeoutSeconds")
+
+
+def modelservice(name: str, namespace: str, uri: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "zeroserve.dev/v1alpha1",
+        "kind": "ModelService",
+        "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())},
+        "spec": {"model": {"uri": uri, **spec.pop("model", {})}, "resources": {"memory": "1Gi"}, **spec},
+    }
+
+
+def revision_template(ksvc: dict[str, Any]) -> dict[str, Any]:
+    """A Knative Service's revision template as a plain pod template: the operator's exact container,
+    less what only Knative understands, from an image that is on the node."""
+    template = copy.deepcopy(ksvc["spec"]["template"])
+    for field in KNATIVE_ONLY:
+        template["spec"].pop(field, None)
+    (container,) = template["spec"]["containers"]
+    # periodSeconds 0 means "probe aggressively" to Knative's queue-proxy; to kubelet it means the
+    # default 10 s. 1 s is the nearest kubelet can do.
+    if container["readinessProbe"].get("periodSeconds") == 0:
+        container["readinessProbe"]["periodSeconds"] = 1
+    container["imagePullPolicy"] = "Never"
+    return template
 
 
 def hello_deployment(name: str, image: str, replicas: int = 1) -> list[dict[str, Any]]:

@@ -248,3 +248,19 @@ def test_builder_is_pure() -> None:
 def test_builder_refuses_an_invalid_spec() -> None:
     with pytest.raises(ValueError, match="uri"):
         build({"model": {"uri": "ftp://nope/model.onnx"}})
+
+
+def test_cluster_local_visibility_is_knatives_label_on_the_service_only() -> None:
+    local = build({**CPU, "visibility": "cluster-local"})
+    assert local["metadata"]["labels"]["networking.knative.dev/visibility"] == "cluster-local"
+    # On the Service, where Knative's route reads it; a label on the revision template would do nothing.
+    assert "networking.knative.dev/visibility" not in template(local)["metadata"]["labels"]
+    assert "networking.knative.dev/visibility" not in build(CPU)["metadata"]["labels"]
+    assert (
+        "networking.knative.dev/visibility"
+        not in build({**CPU, "visibility": "external"})["metadata"]["labels"]
+    )
+
+
+def test_a_failing_runtime_puts_its_last_log_lines_in_the_pod_status() -> None:
+    assert container(build(CPU))["terminationMessagePolicy"] == "FallbackToLogsOnError"

@@ -131,7 +131,9 @@ def test_teardown_leaves_nothing_and_a_second_start_works(
 ) -> None:
     before = host_state()
     for attempt in range(2):
-        plane = ControlPlane(binaries, tmp_path / f"start{attempt}", install_knative=False, images=images)
+        plane = ControlPlane(
+            binaries, tmp_path / f"start{attempt}", install_knative=False, images=images.only("runtime-onnx")
+        )
         with plane:
             ns = "teardown"
             plane.kubectl("create", "namespace", ns)

@@ -3,7 +3,6 @@ the real kubelet enforces its securityContext, probes it and stops it."""
 
 from __future__ import annotations
 
-import copy
 import http.client
 import re
 import threading
@@ -19,13 +18,20 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from controlplane import ControlPlane
 from modelhost import SHARED_MODELS, serve_models, sha256_of
-from pods import apply, describe_pods, pods, rollout, service_address, wait_for
+from pods import (
+    apply,
+    describe_pods,
+    modelservice,
+    pods,
+    revision_template,
+    rollout,
+    service_address,
+    wait_for,
+)
 from zeroserve_operator.resources.knative import build_knative_service
 from zeroserve_operator.settings import OperatorSettings
 
 MODEL = SHARED_MODELS / "efficientnet-lite0.onnx"
-# Fields of a Knative revision's spec that a plain pod does not have.
-KNATIVE_ONLY = ("timeoutSeconds", "containerConcurrency", "responseStartTimeoutSeconds", "idleTimeoutSeconds")
 
 
 @pytest.fixture(scope="module")
@@ -44,28 +50,10 @@ def ns(node_cluster: ControlPlane) -> Iterator[str]:
     node_cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
-def modelservice(name: str, namespace: str, uri: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "zeroserve.dev/v1alpha1",
-        "kind": "ModelService",
-        "metadata": {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())},
-        "spec": {"model": {"uri": uri, **spec.pop("model", {})}, "resources": {"memory": "1Gi"}, **spec},
-    }
-
-
 def as_deployment(ksvc: dict[str, Any]) -> list[dict[str, Any]]:
     """The Knative Service's revision template as a Deployment and a ClusterIP Service: the operator's
     exact container, run by kubelet without Knative."""
     name = ksvc["metadata"]["name"]
-    template = copy.deepcopy(ksvc["spec"]["template"])
-    for field in KNATIVE_ONLY:
-        template["spec"].pop(field, None)
-    (container,) = template["spec"]["containers"]
-    # periodSeconds 0 means "probe aggressively" to Knative's queue-proxy; to kubelet it means the
-    # default 10 s. 1 s is the nearest kubelet can do.
-    if container["readinessProbe"].get("periodSeconds") == 0:
-        container["readinessProbe"]["periodSeconds"] = 1
-    container["imagePullPolicy"] = "Never"
     selector = {"zeroserve.dev/modelservice": name}
     ports = [
         {"name": "http", "port": 80, "targetPort": 8080},
@@ -76,7 +64,11 @@ def as_deployment(ksvc: dict[str, Any]) -> list[dict[str, Any]]:
             "apiVersion": "apps/v1",
             "kind": "Deployment",
             "metadata": {"name": name},
-            "spec": {"replicas": 1, "selector": {"matchLabels": selector}, "template": template},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": selector},
+                "template": revision_template(ksvc),
+            },
         },
         {
             "apiVersion": "v1",

@@ -374,6 +374,11 @@ class ModelServiceSpec(_Spec):
         max_length=253,
         description="ServiceAccount the replicas run as, for example one with cloud storage access.",
     )
+    visibility: Literal["external", "cluster-local"] = Field(
+        default="external",
+        description="Who can reach the service: through the cluster's ingress (external), or only from "
+        "inside the cluster (cluster-local, Knative's networking.knative.dev/visibility).",
+    )
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]

@@ -21,6 +21,7 @@ KPA_CLASS = "kpa.autoscaling.knative.dev"
 
 MANAGED_BY = "zeroserve-operator"
 MODELSERVICE_LABEL = "zeroserve.dev/modelservice"
+VISIBILITY_LABEL = "networking.knative.dev/visibility"
 
 HTTP_PORT = 8080
 GRPC_PORT = 9000
@@ -218,10 +219,14 @@ def build_knative_service(body: Mapping[str, Any], settings: OperatorSettings) -
     else:
         # Model servers never call the Kubernetes API: no token unless an identity was asked for.
         template_spec["automountServiceAccountToken"] = False
+    service_labels = dict(pod_labels)
+    if spec.visibility == "cluster-local":
+        # Knative then routes only the cluster-local address (name.namespace.svc), not the ingress's.
+        service_labels[VISIBILITY_LABEL] = "cluster-local"
     ksvc: dict[str, Any] = {
         "apiVersion": KNATIVE_API_VERSION,
         "kind": "Service",
-        "metadata": {"name": name, "labels": dict(pod_labels)},
+        "metadata": {"name": name, "labels": service_labels},
         "spec": {
             "template": {
                 "metadata": {

@@ -1,0 +1,90 @@
+"""Knative Serving's own controller, webhook, autoscaler, activator and queue-proxy on the test node, with
+Traefik's Knative provider as the ingress: a Knative Service becomes Ready, answers through the ingress,
+scales to zero and answers again cold, through the activator."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from controlplane import ControlPlane
+from knative import DOMAIN, TRAEFIK_NAMESPACE
+from pods import HELLO_SERVER, RESTRICTED, apply, pods, service_address, wait_for
+
+
+@pytest.fixture
+def kns(knative_cluster: ControlPlane) -> Iterator[str]:
+    name = f"kn-{uuid.uuid4().hex[:8]}"
+    knative_cluster.kubectl("create", "namespace", name)
+    yield name
+    knative_cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+def ingress_get(plane: ControlPlane, host: str, path: str = "/", timeout: float = 30) -> tuple[int, bytes]:
+    """GET through Traefik's public entrypoint, as a client outside the cluster would, by Host."""
+    ip = service_address(plane, TRAEFIK_NAMESPACE, "traefik")
+    request = urllib.request.Request(f"http://{ip}{path}", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def hello_ksvc(name: str, image: str) -> dict:
+    return {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "image": image,
+                            "command": ["python3", "-c", HELLO_SERVER],
+                            "ports": [{"containerPort": 8080}],
+                            "securityContext": RESTRICTED,
+                        }
+                    ]
+                }
+            }
+        },
+    }
+
+
+def ready(plane: ControlPlane, ns: str, name: str) -> dict | None:
+    ksvc = plane.get_json("ksvc", name, "-n", ns)
+    conditions = {c["type"]: c for c in ksvc.get("status", {}).get("conditions", [])}
+    return ksvc if conditions.get("Ready", {}).get("status") == "True" else None
+
+
+def test_knative_service_answers_scales_to_zero_and_answers_cold(
+    knative_cluster: ControlPlane, kns: str
+) -> None:
+    plane = knative_cluster
+    apply(plane, kns, [hello_ksvc("hello", plane.images.runtime)])  # type: ignore[union-attr]
+    ksvc = wait_for(lambda: ready(plane, kns, "hello"), within=120, what="the Knative Service to be Ready")
+    host = f"hello.{kns}.{DOMAIN}"
+    assert ksvc["status"]["url"] == f"http://{host}"
+
+    status, body = wait_for(
+        lambda: (r := ingress_get(plane, host))[0] == 200 and r, within=30, what="a 200 through Traefik"
+    )
+    assert body.decode().startswith("hello-")
+
+    def scaled_to_zero() -> bool:
+        return not pods(plane, kns, "serving.knative.dev/service=hello")
+
+    t = time.monotonic()
+    wait_for(scaled_to_zero, within=120, what="scale to zero", interval=1)
+    to_zero = time.monotonic() - t
+
+    t = time.monotonic()
+    status, body = ingress_get(plane, host, timeout=60)
+    cold = time.monotonic() - t
+    assert status == 200 and body.decode().startswith("hello-"), (status, body)
+    print(f"scale to zero {to_zero:.1f}s, cold request through the activator {cold:.2f}s")
