@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from zeroserve_runtime.model import OnnxModel
     from zeroserve_runtime.settings import RuntimeSettings
+    from zeroserve_runtime.storage import Fetched
 
 
 def process_start_time() -> float:
@@ -41,6 +42,7 @@ class ModelLoader(threading.Thread):
         self.settings = settings
         self.started_at = started_at
         self.marks: dict[str, float] = {}
+        self.fetched: Fetched | None = None
         self.model: OnnxModel | None = None
         self.error: BaseException | None = None
 
@@ -50,10 +52,13 @@ class ModelLoader(threading.Thread):
             from zeroserve_runtime.model import load_model
 
             marks = {"runtime_import": time.time() - begun}
-            self.model = load_model(self.settings, marks)
+            self.model = load_model(self.settings, marks, self._on_fetched)
             self.marks = marks
         except BaseException as e:  # handed to the main thread, which decides how to fail
             self.error = e
+
+    def _on_fetched(self, fetched: Fetched) -> None:
+        self.fetched = fetched
 
     def wait(self) -> OnnxModel:
         self.join()

@@ -61,6 +61,20 @@ class RuntimeMetrics:
             ["model"],
             registry=r,
         )
+        self.cache_hits = Counter(
+            "zeroserve_model_cache_hits_total",
+            "Remote model fetches served by a verified copy in the cache directory (0 or 1 per process; "
+            "summed over pods, how many cold starts skipped the download).",
+            ["model"],
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            "zeroserve_model_cache_misses_total",
+            "Remote model fetches that downloaded the model: not cached, or a cached copy failed its "
+            "SHA-256.",
+            ["model"],
+            registry=r,
+        )
         self.load_seconds = Gauge(
             "zeroserve_model_load_seconds", "Time to create the onnxruntime session.", ["model"], registry=r
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +15,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, R
 
 from zeroserve_runtime.errors import InvalidInput, ModelLoadError
 from zeroserve_runtime.protocol.tensors import DATATYPES, ONNX_TO_DATATYPE
-from zeroserve_runtime.storage import fetch
+from zeroserve_runtime.storage import Fetched, fetch
 
 if TYPE_CHECKING:
     from zeroserve_runtime.settings import RuntimeSettings
@@ -138,13 +139,20 @@ class OnnxModel:
         }
 
 
-def load_model(settings: RuntimeSettings, marks: dict[str, float] | None = None) -> OnnxModel:
+def load_model(
+    settings: RuntimeSettings,
+    marks: dict[str, float] | None = None,
+    on_fetched: Callable[[Fetched], None] | None = None,
+) -> OnnxModel:
     """Fetch, load and warm up the model `settings` name: what the server and every function do once per
-    process. Seconds per phase go into `marks` (fetch, load, warmup)."""
+    process. Seconds per phase go into `marks` (fetch, load, warmup); `on_fetched` hears where the file
+    came from (a cache hit or a download)."""
     begun = time.time()
-    path = fetch(settings.model_uri, settings.cache_dir, settings.model_sha256)
+    found = fetch(settings.model_uri, settings.cache_dir, settings.model_sha256)
+    if on_fetched is not None:
+        on_fetched(found)
     fetched = time.time()
-    model = OnnxModel(settings.model_name, path, settings.intra_op_threads(), settings.device)
+    model = OnnxModel(settings.model_name, found.path, settings.intra_op_threads(), settings.device)
     loaded = time.time()
     model.warmup()
     if marks is not None:

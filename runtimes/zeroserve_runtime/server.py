@@ -106,6 +106,11 @@ class Runtime:
             stop.cancel()
             loading.cancel()
         self.metrics.fetch_seconds.labels(name).set(loader.marks["fetch"])
+        if loader.fetched is not None and loader.fetched.source != "local":
+            hit = loader.fetched.source == "cache"
+            # Both series, one at 0: a scrape shows a miss as plainly as a hit.
+            self.metrics.cache_hits.labels(name).inc(int(hit))
+            self.metrics.cache_misses.labels(name).inc(int(not hit))
         self.metrics.load_seconds.labels(name).set(loader.marks["load"])
 
         self.batcher = Batcher(
@@ -116,12 +121,19 @@ class Runtime:
         self.dataplane.attach(model, self.batcher, phases["total"])
         for phase, seconds in phases.items():
             self.metrics.cold_start_seconds.labels(phase).set(seconds)
+        # The storage module's own lines come before logging is set up (the model loads alongside the
+        # imports), so where the model came from is said here.
+        source = {"cache": " (cache hit)", "download": " (downloaded)"}.get(
+            loader.fetched.source if loader.fetched is not None else "", ""
+        )
         log.info(
             "model %s ready in %.3fs (%s); REST :%d%s; %d parallel inference(s); batching %s; "
             "%d MiB for requests in flight",
             name,
             phases["total"],
-            ", ".join(f"{k} {v:.3f}s" for k, v in phases.items() if k != "total"),
+            ", ".join(
+                f"{k} {v:.3f}s" + (source if k == "fetch" else "") for k, v in phases.items() if k != "total"
+            ),
             s.http_port,
             f", gRPC :{s.grpc_port}" if s.grpc_port else "",
             s.parallel_inferences,

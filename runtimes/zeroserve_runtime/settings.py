@@ -85,10 +85,15 @@ class RuntimeSettings(BaseSettings):
     model_name: str = Field(default="model", description="Name the model is served under.")
     model_format: Literal["onnx"] = Field(default="onnx", description="Model format.")
     model_sha256: str | None = Field(
-        default=None, description="Refuse to start unless the file has this SHA-256."
+        default=None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="Refuse to start unless the file has this SHA-256; it also keys the model cache, so "
+        "the same bytes are found from any URI.",
     )
     cache_dir: Path = Field(
-        default=Path("/tmp/zeroserve-models"), description="Where fetched models are kept."
+        default=Path("/tmp/zeroserve-models"),
+        description="Where fetched models are kept. May be shared by every pod of a node: with a SHA-256 "
+        "a cached file is re-hashed on each use.",
     )
     host: str = Field(default="0.0.0.0", description="Address to listen on.")
     http_port: int = Field(default=8080, ge=0, le=65535, description="REST (OIP v2) port.")
