@@ -114,6 +114,10 @@ def test_report_matches_the_servers_own_counters(runtime: RuntimeProcess, tmp_pa
     assert html.count("data:image/png;base64,") == 2
     summary = list(csv.DictReader((out / "summary.csv").open()))
     assert [r["target"] for r in summary] == ["rest", "grpc"]
+    # Replicas were not asked for: no empty series that would read as zero pods.
+    assert not (out / "replicas.csv").exists() and "replicas over time" not in html
+    assert [r["max_replicas"] for r in summary] == ["", ""]
+    assert all("replicas" not in t and "max_replicas" not in t for t in report["targets"])
     assert float(summary[0]["cost_per_1m_usd"]) > 0
 
 

@@ -1,5 +1,6 @@
 """The comparison as a terminal table, JSON, CSV and a self-contained HTML page with latency-over-time
-and latency CDF plots (matplotlib PNGs, embedded)."""
+and latency CDF plots, and replicas over time where the bench file asked for them (matplotlib PNGs,
+embedded)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def table_rows(report: Report) -> list[list[str]]:
                 _fmt(t.latency_ms.get("max")),
                 str(t.cold_starts),
                 _fmt(t.cold_latency_ms.get("p50")),
+                "-" if t.max_replicas is None else str(t.max_replicas),
                 "-" if t.cost_per_1m_usd is None else f"${t.cost_per_1m_usd:,.2f}",
             ]
         )
@@ -57,6 +59,7 @@ HEADERS = [
     "max ms",
     "cold",
     "cold p50 ms",
+    "max replicas",
     "$/1M inf",
 ]
 
@@ -101,6 +104,7 @@ def write_csv(report: Report, summary: Path, samples: Path) -> None:
                 "cold_p50_ms",
                 "warm_p50_ms",
                 "cost_per_1m_usd",
+                "max_replicas",
                 "unreachable",
             ]
         )
@@ -121,6 +125,7 @@ def write_csv(report: Report, summary: Path, samples: Path) -> None:
                     t.cold_latency_ms.get("p50"),
                     t.warm_latency_ms.get("p50"),
                     t.cost_per_1m_usd,
+                    t.max_replicas,
                     t.unreachable or "",
                 ]
             )
@@ -134,40 +139,86 @@ def write_csv(report: Report, summary: Path, samples: Path) -> None:
             w.writerow([names[s.target], *s[1:], c])
 
 
-def _png(fig: Any) -> str:
+def _png(fig: Any, tight: bool = True) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight" if tight else None)
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def plots(report: Report) -> tuple[str, str]:
-    """Latency over time and latency CDF, one series per target, as base64 PNGs."""
+def write_replicas_csv(report: Report, path: Path) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["target", "t", "ready", "total"])
+        for t in report.targets:
+            for s in t.replicas or []:
+                w.writerow([t.name, s["t"], s["ready"], s["total"]])
+
+
+def _time_axes(*figs: Any) -> None:
+    """Plots over time share a layout, so that their time axes line up on the page."""
+    for fig in figs:
+        fig.subplots_adjust(left=0.09, right=0.98, bottom=0.14, top=0.9)
+
+
+MAX_COLD_MARKS = 200  # beyond this many, the lines would hide the steps
+
+
+def plots(report: Report) -> tuple[str, str, str | None]:
+    """Latency over time, latency CDF and, when recorded, replicas over time: one series per target,
+    each target in the same colour in all three, as base64 PNGs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     names = [t.name for t in report.plan.targets]
+    recorded = {t.name: t.replicas for t in report.targets if t.replicas}
     cold = report.cold_start_flags
     over_time, ax1 = plt.subplots(figsize=(9, 3.6))
     cdf, ax2 = plt.subplots(figsize=(9, 3.6))
+    replicas, ax3 = plt.subplots(figsize=(9, 3.6)) if recorded else (None, None)
     try:
+        ends = [s.sent_s for s in report.samples] + [s["t"] for r in recorded.values() for s in r]
         for k, name in enumerate(names):
+            color = f"C{k % 10}"
             mine = [
                 (s, c) for s, c in zip(report.samples, cold.tolist(), strict=True) if s.target == k and s.ok
             ]
+            colds = [s for s, c in mine if c]
+            if ax3 is not None and name in recorded:
+                t = [s["t"] for s in recorded[name]]
+                ax3.step(
+                    t, [s["ready"] for s in recorded[name]], where="post", color=color, label=f"{name} ready"
+                )
+                ax3.step(
+                    t,
+                    [s["total"] for s in recorded[name]],
+                    where="post",
+                    color=color,
+                    linestyle="--",
+                    alpha=0.6,
+                    label=f"{name} total",
+                )
+                for i, s in enumerate(colds[:MAX_COLD_MARKS]):
+                    ax3.axvline(
+                        s.sent_s,
+                        color=color,
+                        linestyle=":",
+                        alpha=0.5,
+                        label=f"{name} cold" if not i else None,
+                    )
             if not mine:
                 continue
             t = np.array([s.sent_s for s, _ in mine])
             ms = np.array([s.latency_s for s, _ in mine]) * 1000
-            line = ax1.plot(t, ms, ".", markersize=3, alpha=0.6, label=name)[0]
-            colds = [s for s, c in mine if c]
+            ax1.plot(t, ms, ".", markersize=3, alpha=0.6, label=name, color=color)
             if colds:
                 ax1.plot(
                     [s.sent_s for s in colds],
                     [s.latency_s * 1000 for s in colds],
                     "x",
-                    color=line.get_color(),
+                    color=color,
                 )
             ordered = np.sort(ms)
             ax2.plot(ordered, np.arange(1, len(ordered) + 1) / len(ordered), label=name)
@@ -178,18 +229,37 @@ def plots(report: Report) -> tuple[str, str]:
             title="Latency over time (x: cold)",
         )
         ax2.set(xlabel="latency (ms)", ylabel="fraction of requests", xscale="log", title="Latency CDF")
-        for ax in (ax1, ax2):
+        axes = [ax1, ax2]
+        if ax3 is not None:
+            ax3.set(
+                xlabel="time since start (s)",
+                ylabel="replicas",
+                title="Replicas over time, from the Kubernetes API (solid: ready, dashed: total)",
+            )
+            ax3.set_ylim(bottom=-0.1)
+            ax3.yaxis.set_major_locator(MaxNLocator(integer=True))
+            hi = max(ends, default=1.0)
+            for ax in (ax1, ax3):
+                ax.set_xlim(-0.02 * hi, hi * 1.02)
+            _time_axes(over_time, replicas)
+            axes.append(ax3)
+        for ax in axes:
             ax.grid(True, which="both", alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
-                ax.legend()
-        return _png(over_time), _png(cdf)
+                ax.legend(fontsize="small")
+        return (
+            _png(over_time, tight=ax3 is None),
+            _png(cdf),
+            None if replicas is None else _png(replicas, tight=False),
+        )
     finally:
-        plt.close(over_time)
-        plt.close(cdf)
+        for fig in (over_time, cdf, replicas):
+            if fig is not None:
+                plt.close(fig)
 
 
 def write_html(report: Report, path: Path) -> None:
-    over_time, cdf = plots(report)
+    over_time, cdf, replicas = plots(report)
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in HEADERS)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in table_rows(report))
@@ -213,10 +283,21 @@ code {{ background: #f4f4f4; padding: .1rem .3rem; }}
 Cost per 1M successful inferences, at list prices recorded {PRICES_RECORDED}:</p><ul>{pricing}</ul>
 {f'<h2>Warnings</h2><ul class="warn">{warnings}</ul>' if warnings else ""}
 <h2>Latency over time</h2><img alt="latency over time" src="data:image/png;base64,{over_time}">
-<h2>Latency CDF</h2><img alt="latency CDF" src="data:image/png;base64,{cdf}">
+{_replicas_section(replicas)}<h2>Latency CDF</h2><img alt="latency CDF" src="data:image/png;base64,{cdf}">
 </body></html>
 """
     path.write_text(page)
+
+
+def _replicas_section(png: str | None) -> str:
+    if png is None:
+        return ""
+    return (
+        "<h2>Replicas over time</h2><p>Pods matching each target's selector, watched through the Kubernetes "
+        "API: total counts those not terminating, ready those whose Ready condition is True; dotted lines "
+        'mark cold starts.</p><img alt="replicas over time" '
+        f'src="data:image/png;base64,{png}">\n'
+    )
 
 
 def write_all(report: Report, out_dir: Path) -> dict[str, Path]:
@@ -227,6 +308,9 @@ def write_all(report: Report, out_dir: Path) -> dict[str, Path]:
         "samples": out_dir / "samples.csv",
         "html": out_dir / "report.html",
     }
+    if any(t.replicas is not None for t in report.targets):
+        paths["replicas"] = out_dir / "replicas.csv"
+        write_replicas_csv(report, paths["replicas"])
     write_json(report, paths["json"])
     write_csv(report, paths["csv"], paths["samples"])
     write_html(report, paths["html"])

@@ -174,6 +174,7 @@ class RunOutcome:
     samples: list[Sample]
     errors: list[str]  # why part of the run did not happen; empty when all of it did
     workers: int = 1
+    start_at: float = 0.0  # wall-clock time of the run's t = 0
 
 
 def run_local(plan: RunPlan, progress: Progress | None = None) -> RunOutcome:
@@ -188,7 +189,7 @@ def run_local(plan: RunPlan, progress: Progress | None = None) -> RunOutcome:
     finally:
         runner.quit()
     errors = [e for e in (state.error, stuck) if e]
-    return RunOutcome(_samples(state.sink), errors)
+    return RunOutcome(_samples(state.sink), errors, start_at=state.start_at)
 
 
 def _wait(
@@ -285,7 +286,7 @@ def run_master(
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
-    return RunOutcome(_samples(rows), errors, workers=count)
+    return RunOutcome(_samples(rows), errors, workers=count, start_at=start_at)
 
 
 def _spawn_worker(master_port: int) -> subprocess.Popen[bytes]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from zeroserve_loadgen.plan import RunPlan, Sample
 from zeroserve_loadgen.pricing import PRICES_RECORDED, Invocation, cost_per_million
+from zeroserve_loadgen.replicas import Recorded, series
 from zeroserve_loadgen.targets import Target
 
 LATE_P90_S = 0.010  # one in ten sends this late: the load generator, not the workload, set the pace
@@ -44,6 +45,13 @@ class TargetReport:
     wall_s: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
     unreachable: str | None = None
+    # Only for a target with `replicas:` in the bench file: (t, ready, total) from the Kubernetes API.
+    replicas: list[dict[str, float | int]] | None = None
+    max_replicas: int | None = None
+    replica_errors: list[str] | None = None
+
+
+REPLICA_FIELDS = ("replicas", "max_replicas", "replica_errors")
 
 
 def _pcts(values: np.ndarray) -> dict[str, float | None]:
@@ -134,6 +142,7 @@ class Report:
     started: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     workers: int = 1
     run_errors: list[str] = field(default_factory=list)
+    start_epoch_s: float | None = None  # wall-clock time of t = 0, to line up with the cluster's own times
 
     @cached_property
     def cold_start_flags(self) -> np.ndarray:
@@ -154,6 +163,8 @@ class Report:
                 continue
             if t.requests < t.planned:
                 out.append(f"{t.name}: only {t.requests} of {t.planned} planned requests were sent")
+            for e in t.replica_errors or []:
+                out.append(f"{t.name}: replica count: {e}")
             if t.requests and not t.successes:
                 out.append(f"{t.name}: no request succeeded ({next(iter(t.errors), 'unknown error')})")
             # One stall of the machine makes a few sends late; one in ten late, or any held back by a
@@ -182,10 +193,25 @@ class Report:
             "host": platform.node(),
             "workers": self.workers,
             "prices_recorded": PRICES_RECORDED,
+            "start_epoch_s": self.start_epoch_s,
             "plan": plan,
-            "targets": [asdict(t) for t in self.targets],
+            "targets": [self._target_dict(t) for t in self.targets],
             "warnings": self.warnings(),
         }
+
+    @staticmethod
+    def _target_dict(t: TargetReport) -> dict[str, Any]:
+        out = asdict(t)
+        if t.replicas is None:  # not asked for: absent rather than empty, which would read as zero pods
+            for key in REPLICA_FIELDS:
+                del out[key]
+        return out
+
+
+def add_replicas(report: TargetReport, recorded: Recorded, start_epoch_s: float) -> None:
+    report.replicas = series(recorded, start_epoch_s)
+    report.max_replicas = max((int(s["total"]) for s in report.replicas), default=None)
+    report.replica_errors = list(recorded.errors)
 
 
 def build_report(
@@ -194,10 +220,21 @@ def build_report(
     planned: list[int],
     workers: int = 1,
     run_errors: list[str] | None = None,
+    replicas: dict[str, Recorded] | None = None,
+    start_epoch_s: float | None = None,
 ) -> Report:
     windows = plan.windows()
     reports = []
     for k, target in enumerate(plan.targets):
         mine = [s for s in samples if s.target == k]
         reports.append(summarize(target, mine, windows[k], planned[k]))
-    return Report(plan, reports, samples, workers=workers, run_errors=list(run_errors or []))
+        if replicas and target.name in replicas and start_epoch_s is not None:
+            add_replicas(reports[-1], replicas[target.name], start_epoch_s)
+    return Report(
+        plan,
+        reports,
+        samples,
+        workers=workers,
+        run_errors=list(run_errors or []),
+        start_epoch_s=start_epoch_s,
+    )

@@ -7,6 +7,7 @@
         model: digits
         idle_window_s: 60         # scale-to-zero window: a request after a longer gap started cold
         pricing: {model: node, preset: aws-c7i.xlarge}
+        replicas: {namespace: ml, selector: "serving.knative.dev/service=digits"}   # optional
     payload: request.json         # an OIP v2 inference request (JSON), relative to this file
     workload: {type: mmpp, rates: [2, 20], mean_sojourn_s: [20, 5], duration_s: 120, seed: 1}
 
@@ -17,6 +18,7 @@ credentials come from botocore's usual chain (environment, profile, instance rol
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -65,6 +67,57 @@ class SigV4Auth(BaseModel):
 
 Auth = Annotated[NoAuth | BearerAuth | SigV4Auth, Field(discriminator="type")]
 
+# Kubernetes' label selector grammar, so that a typo is refused with the field named before a run rather
+# than by the API server once the run has started.
+_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_KEY = rf"([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_NAME}"
+_VALUE = rf"({_NAME})?"
+_REQUIREMENT = re.compile(
+    rf"^(!\s*{_KEY}|{_KEY}(\s*(==|!=|=)\s*{_VALUE}"
+    rf"|\s+(in|notin)\s*\(\s*{_VALUE}(\s*,\s*{_VALUE})*\s*\))?)$"
+)
+
+
+def _split_selector(selector: str) -> list[str]:
+    """Requirements are comma-separated, but so are the values inside `in (a, b)`."""
+    parts, depth, current = [], 0, ""
+    for ch in selector:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    return [*parts, current.strip()]
+
+
+class ReplicaSource(BaseModel):
+    """Where a target's replicas are: the pods matching `selector` in `namespace`, counted through the
+    Kubernetes API during the run (a Knative revision's pods carry `serving.knative.dev/service=NAME`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    selector: str = Field(description="Label selector of the target's pods, e.g. app=digits.")
+    kubeconfig: Path | None = Field(
+        None,
+        description="Relative to the bench file. Unset: $KUBECONFIG or ~/.kube/config, else the in-cluster "
+        "service account.",
+    )
+    context: str | None = Field(None, min_length=1, description="Kubeconfig context; unset: the current one.")
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, v: str) -> str:
+        v = v.strip()
+        # An empty selector would count every pod in the namespace as this target's.
+        if not v:
+            raise ValueError("an empty selector would match every pod in the namespace")
+        bad = [r for r in _split_selector(v) if not _REQUIREMENT.match(r)]
+        if bad:
+            raise ValueError(f"not a Kubernetes label selector: {bad[0]!r}")
+        return v
+
 
 class Target(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -94,6 +147,9 @@ class Target(BaseModel):
     )
     timeout_s: float = Field(30.0, gt=0, description="Per-request timeout; a timeout counts as a failure.")
     pricing: Pricing | None = Field(None, description="Defaults by kind: lambda, cloud-run, or a CPU node.")
+    replicas: ReplicaSource | None = Field(
+        None, description="Record the target's replica count over the run from the Kubernetes API."
+    )
 
     @field_validator("url")
     @classmethod
@@ -207,4 +263,23 @@ def load_bench_file(path: Path) -> tuple[BenchFile, dict[str, Any]]:
         payload = load_payload(bench, path.parent)
     except BenchFileError as e:
         raise BenchFileError(f"{path}: {e}") from None
+    try:
+        bench = _resolve_kubeconfigs(bench, path.parent)
+    except BenchFileError as e:
+        raise BenchFileError(f"{path}: {e}") from None
     return bench, payload
+
+
+def _resolve_kubeconfigs(bench: BenchFile, base_dir: Path) -> BenchFile:
+    """Like the payload, a kubeconfig path is relative to the bench file, wherever the bench runs from."""
+    targets = []
+    for i, t in enumerate(bench.targets):
+        if t.replicas is not None and t.replicas.kubeconfig is not None:
+            kubeconfig = base_dir / t.replicas.kubeconfig.expanduser()
+            if not kubeconfig.is_file():
+                raise BenchFileError(
+                    f"targets[{i}] ({t.name}).replicas.kubeconfig: {kubeconfig} does not exist"
+                )
+            t = t.model_copy(update={"replicas": t.replicas.model_copy(update={"kubeconfig": kubeconfig})})
+        targets.append(t)
+    return bench.model_copy(update={"targets": targets})
