@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,9 @@ if TYPE_CHECKING:  # the child process needs none of the bench file's imports
 
 EXTRA = "pip install 'zeroserve[loadgen]'"
 WATCH_TIMEOUT_S = 240  # the server ends a watch after this; it is resumed from the last resourceVersion
-READ_TIMEOUT_S = 120  # longer than the API server's bookmark interval (about a minute)
+# A quiet namespace may send nothing until the server ends the watch: only silence beyond that is a dead
+# connection.
+READ_TIMEOUT_S = WATCH_TIMEOUT_S + 30
 
 
 class ReplicaError(RuntimeError):
@@ -86,6 +89,11 @@ def _describe(e: BaseException) -> str:
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             message = json.loads(body).get("message", "")
         return f"the API server answered {status} {reason}" + (f": {message}" if message else "")
+    pool = getattr(e, "pool", None)
+    if pool is not None and getattr(e, "reason", None) is not None:  # urllib3 gave up connecting
+        # Without urllib3's "HTTPConnection(host=..., port=...): " (or "<... object at 0x...>: ") in front.
+        why = re.sub(r"^(<[^>]*>|\w+\([^)]*\)): ", "", str(e.reason))
+        return f"cannot reach the API server at {pool.host}:{pool.port}: {why}"
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0][:300]
 
