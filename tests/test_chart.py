@@ -138,6 +138,7 @@ def test_rbac_grants_nothing_more_than_the_operator_needs(binaries: Binaries) ->
         ("serving.knative.dev/services", "create"),
         ("serving.knative.dev/services", "patch"),
         ("/events", "create"),
+        ("/pods", "list"),
         ("/configmaps", "get"),
     }
     (features,) = [

@@ -125,3 +125,56 @@ def test_a_field_we_stopped_setting_is_a_difference() -> None:
     # Every field of `new` is still in the live object; only the hash tells that max-scale must go.
     assert contains(live["spec"], new["spec"])
     assert not owned_fields_match(new, live)
+
+
+def pod(*statuses: dict[str, Any], deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "m-00001-deployment-x"}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-29T00:00:00Z"
+    return {"metadata": meta, "status": {"containerStatuses": list(statuses)}}
+
+
+def crashed(code: int, message: str = "", name: str = "runtime") -> dict[str, Any]:
+    return {
+        "name": name,
+        "restartCount": 3,
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+        "lastState": {"terminated": {"exitCode": code, "message": message}},
+    }
+
+
+def test_a_crash_looping_runtime_is_reported_with_its_last_words() -> None:
+    said = "model http://h/m.onnx has SHA-256 abc, but 000 was expected; refusing to serve it"
+    reason, message = status.runtime_failure([pod(crashed(1, "...\n" + said))], "runtime")  # type: ignore[misc]
+    assert reason == "RuntimeFailed"
+    assert message.startswith("The runtime exited with code 1 (3 restarts): ") and message.endswith(said)
+    # Very long logs are cut to their end, where the reason is.
+    reason, message = status.runtime_failure([pod(crashed(1, "x" * 5000 + said))], "runtime")  # type: ignore[misc]
+    assert message.endswith(said) and len(message) < 700
+
+
+def test_an_image_that_cannot_be_pulled_is_reported() -> None:
+    waiting = {
+        "name": "runtime",
+        "state": {"waiting": {"reason": "ErrImageNeverPull", "message": "not present"}},
+    }
+    assert status.runtime_failure([pod(waiting)], "runtime") == ("ErrImageNeverPull", "not present")
+
+
+def test_healthy_starting_or_other_containers_are_not_failures() -> None:
+    starting = {"name": "runtime", "state": {"waiting": {"reason": "ContainerCreating"}}}
+    running = {"name": "runtime", "state": {"running": {}}, "lastState": {}}
+    clean_exit = {"name": "runtime", "state": {"running": {}}, "lastState": {"terminated": {"exitCode": 0}}}
+    queue_proxy = crashed(1, "queue-proxy trouble", name="queue-proxy")
+    for p in (pod(starting), pod(running), pod(clean_exit), pod(queue_proxy), pod(crashed(1), deleting=True)):
+        assert status.runtime_failure([p], "runtime") is None
+
+
+def test_a_runtime_failure_makes_a_not_ready_service_say_why() -> None:
+    failure = ("RuntimeFailed", "The runtime exited with code 1 (2 restarts): refusing to serve it")
+    st = status.observed_status(SPEC, 1, ksvc(ready="Unknown"), None, failure=failure)
+    assert (by_type(st)["Ready"]["status"], by_type(st)["Ready"]["reason"]) == ("False", "RuntimeFailed")
+    assert "refusing to serve it" in st["message"]
+    # A service Knative says is serving stays Ready: an old revision answers while a new one fails.
+    st = status.observed_status(SPEC, 1, ksvc(), None, failure=failure)
+    assert by_type(st)["Ready"]["status"] == "True"

@@ -233,7 +233,36 @@ async def _close_gap(
         message = f"{verb} Knative Service {meta['namespace']}/{meta['name']}"
         logger.info(message)
         kopf.info(dict(body), reason=f"KnativeService{verb}", message=message)
-    return Outcome(status.observed_status(spec, generation, actual, previous))
+    failure = None
+    if status.readiness(previous) != "true" or not _knative_ready(actual):
+        failure = await _runtime_failure(api_client, meta["namespace"], meta["name"], logger)
+    return Outcome(status.observed_status(spec, generation, actual, previous, failure=failure))
+
+
+def _knative_ready(ksvc: Mapping[str, Any] | None) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in ((ksvc or {}).get("status") or {}).get("conditions") or []
+    )
+
+
+async def _runtime_failure(
+    api_client: client.ApiClient, namespace: str, name: str, logger: logging.Logger
+) -> tuple[str, str] | None:
+    """Why this ModelService's runtime pods fail, read from the pods themselves (one label-selected list,
+    only while the service is not ready)."""
+    try:
+        pods = await client.CoreV1Api(api_client).list_namespaced_pod(
+            namespace, label_selector=f"{knative.MODELSERVICE_LABEL}={name}"
+        )
+    except ApiException as e:
+        if e.status != 403:
+            raise
+        # An older chart's RBAC without pods: Knative still reports, only later (its progress deadline).
+        logger.warning("cannot list pods in %s (403); runtime failures show at Knative's deadline", namespace)
+        return None
+    as_dicts = api_client.sanitize_for_serialization(pods.items)
+    return status.runtime_failure(as_dicts, knative.CONTAINER_NAME)
 
 
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
@@ -330,6 +359,26 @@ async def knative_service_changed(
         await _write_status(memo.api, namespace, name, new)
         post_readiness_change(owner, new)
         metrics.observe_readiness(owner, new)
+
+
+def _not_ready(body: kopf.Body, **_: Any) -> bool:
+    return status.readiness(body.get("status")) != "true"
+
+
+@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=operator_settings.health_interval, when=_not_ready)
+async def check_runtime_health(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any
+) -> None:
+    """While a ModelService is not ready, look at its pods every few seconds: a runtime that crash-loops
+    changes nothing Knative reconciles on, so no event would otherwise bring its reason."""
+    if body["metadata"].get("deletionTimestamp"):
+        return
+    outcome = await reconcile_modelservice(body, memo.api, logger)
+    new = outcome.status
+    if new != {k: (body.get("status") or {}).get(k) for k in new}:
+        patch.status.update(new)
+        post_readiness_change(body, new)
+        metrics.observe_readiness(body, new)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)

@@ -50,6 +50,11 @@ class OperatorSettings(BaseSettings):
         gt=0,
         description="Seconds between retries while blocked by the cluster (Knative missing, a feature off).",
     )
+    health_interval: float = Field(
+        default=10,
+        gt=0,
+        description="Seconds between looks at a not-ready ModelService's pods, for a runtime that fails.",
+    )
     worker_limit: int = Field(
         default=32, ge=1, description="ModelServices reconciled at once; the rest wait their turn."
     )

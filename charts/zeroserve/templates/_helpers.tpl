@@ -51,7 +51,8 @@ app.kubernetes.io/part-of: zeroserve
 {{/*
 Rules needed where ModelServices live, nothing else:
 - Zeroserve: the ModelServices and their status, and the Knative Services it builds (created and
-  changed by server-side apply, hence create and patch; deletion is the garbage collector's).
+  changed by server-side apply, hence create and patch; deletion is the garbage collector's); a list of
+  the pods of a ModelService that is not ready, to report a failing runtime (no get, no watch).
 - kopf, on Zeroserve's behalf: patch on ModelServices (it keeps its progress in their annotations)
   and create on Events (it posts the operator's Events).
 */}}
@@ -69,4 +70,7 @@ rules:
   - apiGroups: [""]
     resources: [events]
     verbs: [create]
+  - apiGroups: [""]
+    resources: [pods]
+    verbs: [list]
 {{- end }}

@@ -107,8 +107,10 @@ def observed_status(
     ksvc: Mapping[str, Any] | None,
     previous: Mapping[str, Any] | None,
     disabled: Sequence[str] = (),
+    failure: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The whole status a ModelService should show, given its Knative Service as last read."""
+    """The whole status a ModelService should show, given its Knative Service as last read and, while that
+    is not ready, why its runtime pods fail (`runtime_failure`)."""
     previous = previous or {}
     ks = (ksvc or {}).get("status") or {}
     ks_ready = _knative_ready(ksvc)
@@ -124,7 +126,10 @@ def observed_status(
         features = condition(
             KNATIVE_FEATURES, "True", "Enabled", "Every Knative feature this spec needs is on.", generation
         )
-        if ks_ready is None or not ks_current:
+        ks_serving = ks_current and ks_ready is not None and ks_ready.get("status") == "True"
+        if failure is not None and not ks_serving:
+            service = condition(SERVICE_READY, "False", failure[0], failure[1], generation)
+        elif ks_ready is None or not ks_current:
             service = condition(
                 SERVICE_READY,
                 "Unknown",
@@ -159,6 +164,43 @@ def observed_status(
         "message": message,
         "conditions": merge_conditions(previous.get("conditions"), updates),
     }
+
+
+# Waiting reasons that will not clear by themselves: the container cannot even start.
+STUCK_WAITING = {
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+}
+MESSAGE_TAIL = 600
+
+
+def runtime_failure(pods: Sequence[Mapping[str, Any]], container: str) -> tuple[str, str] | None:
+    """Why the runtime container of a ModelService's pods cannot serve, from the pods' own status, or None.
+
+    Knative looks at a revision's pods only when the revision is reconciled, which a crash loop does not
+    cause until the progress deadline passes (15 minutes by default here); the pods say it at once."""
+    for pod in pods:
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            if status.get("name") != container:
+                continue
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_WAITING:
+                return waiting["reason"], waiting.get("message") or waiting["reason"]
+            terminated = (status.get("lastState") or {}).get("terminated") or {}
+            if terminated.get("exitCode", 0) != 0:
+                said = (terminated.get("message") or "").strip()[-MESSAGE_TAIL:]
+                return (
+                    "RuntimeFailed",
+                    f"The runtime exited with code {terminated['exitCode']} "
+                    f"({status.get('restartCount', 0)} restarts)" + (f": {said}" if said else "."),
+                )
+    return None
 
 
 def features_message(disabled: Sequence[str]) -> str:
