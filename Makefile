@@ -64,6 +64,11 @@ bench-operator: $(STAMP) control-plane
 bench-runtime: $(STAMP)
 	$(BIN)/python bench/runtime_throughput.py
 
+## bench-latency: one small request at low load: the runtime vs the function stand-ins and the bare stack
+bench-latency: $(STAMP)
+	$(BIN)/python bench/runtime_latency.py
+.PHONY: bench-latency
+
 ## bench-peers: the runtime vs MLServer and KServe (venvs: see bench/runtime_peers.py)
 bench-peers: $(STAMP)
 	$(BIN)/python bench/runtime_peers.py --mlserver-venv $(MLSERVER_VENV) --kserve-venv $(KSERVE_VENV)

@@ -380,6 +380,26 @@ def test_requests_are_counted_by_outcome(linear: RuntimeProcess) -> None:
     )
 
 
+def test_a_request_alone_in_the_server_runs_without_the_hop_to_an_inference_thread(
+    linear: RuntimeProcess,
+) -> None:
+    """One request after another on a model that runs in microseconds: after the first, which tells the
+    server how long runs take, each runs in the event loop's thread, over REST and gRPC alike."""
+
+    def inlined() -> float:
+        found = re.search(
+            r'^zeroserve_inline_inferences_total\{model="linear"\} (\S+)', linear.metrics(), re.M
+        )
+        return float(found[1]) if found else 0.0
+
+    before = inlined()
+    for _ in range(10):
+        assert post(linear, infer_body())[0] == 200
+        grpc_infer(linear, {"x": np.ones((1, 4), dtype=np.float32)})
+    # Not all 20: a run the machine happened to stall for may send the next few to the thread.
+    assert inlined() - before >= 10
+
+
 @pytest.mark.parametrize("parallel", [1, 2], ids=["one-inference-thread", "two-parallel-inferences"])
 def test_concurrent_requests_are_batched_and_each_gets_its_rows(
     models, tmp_path: Path, parallel: int

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from zeroserve_runtime import memory
 from zeroserve_runtime.batching import Admission, Batcher
@@ -40,6 +41,9 @@ class DataPlane:
         # Both transports put its timing and cold-start headers on their answers.
         self.cold_start = ColdStart()
         self.trimmer = memory.Trimmer()
+        # Metric children by label values, bound on first use: labels() costs more than the count.
+        self._counts: dict[tuple[str, str], Any] = {}
+        self._durations: dict[str, Any] = {}
 
     def attach(self, model: OnnxModel, batcher: Batcher, init_seconds: float) -> None:
         """Turn ready. The start-to-ready time is recorded first, so the first answer carries it."""
@@ -56,6 +60,24 @@ class DataPlane:
 
     def server_metadata(self) -> dict[str, object]:
         return server_metadata("statistics/prometheus")
+
+    def _count(self, protocol: str, outcome: str) -> None:
+        child = self._counts.get((protocol, outcome))
+        if child is None:
+            child = self._counts[protocol, outcome] = self.metrics.requests.labels(
+                self.model_name, protocol, outcome
+            )
+        child.inc()
+
+    def _observe(self, protocol: str, seconds: float) -> None:
+        child = self._durations.get(protocol)
+        if child is None:
+            child = self._durations[protocol] = self.metrics.request_seconds.labels(self.model_name, protocol)
+        child.observe(seconds)
+
+    def check_model(self, name: str, version: str | None = None) -> None:
+        """Refuse a request for a model not served here, or not loaded yet."""
+        self._model(name, version)
 
     def _model(self, name: str, version: str | None) -> OnnxModel:
         check_served(self.model_name, name, version)
@@ -95,7 +117,7 @@ class DataPlane:
         try:
             self.admission.acquire(nbytes)
         except ServerBusy:
-            self.metrics.requests.labels(self.model_name, protocol, "busy").inc()
+            self._count(protocol, "busy")
             raise
 
     async def acquire_unknown(self, protocol: str, nbytes: int) -> None:
@@ -103,7 +125,7 @@ class DataPlane:
         try:
             await self.admission.acquire_unknown(nbytes, UNKNOWN_SIZE_WAIT_SECONDS)
         except ServerBusy:
-            self.metrics.requests.labels(self.model_name, protocol, "busy").inc()
+            self._count(protocol, "busy")
             raise
 
     def release(self, nbytes: int = 0) -> None:
@@ -140,16 +162,16 @@ class DataPlane:
             outcome = "cancelled"  # the client went away (a closed connection, a deadline): not our error
             raise
         finally:
-            self.metrics.requests.labels(self.model_name, protocol, outcome).inc()
+            self._count(protocol, outcome)
             if outcome == "success":
-                self.metrics.request_seconds.labels(self.model_name, protocol).observe(
-                    time.perf_counter() - started
-                )
+                self._observe(protocol, time.perf_counter() - started)
 
     async def _infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
         model = self._model(name, version)
         # While draining, requests still arriving on open connections are served: none is lost.
         wanted = wanted_outputs(model, name, request)
         assert self.batcher is not None
-        results = await self.batcher.infer(request.inputs)
+        # Admission counts both transports, and requests still sending their bodies: one alone here has
+        # nothing to overlap its run with.
+        results = await self.batcher.infer(request.inputs, alone=self.admission.count <= 1)
         return build_response(model, name, request, wanted, results)

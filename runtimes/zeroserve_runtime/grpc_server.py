@@ -170,9 +170,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             dp.admission.known(held, nbytes)
             held = nbytes
             name, version = request.model_name, request.model_version
+            started = time.perf_counter()
             decoded = decode_request(request)
             del request
-            started = time.perf_counter()
             response = await dp.infer(name, version, decoded, "grpc")
             del decoded
             # gRPC carries the same cold-start and timing headers as REST, as trailing metadata: it goes

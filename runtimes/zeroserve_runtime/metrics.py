@@ -41,6 +41,13 @@ class RuntimeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.inline = Counter(
+            "zeroserve_inline_inferences_total",
+            "Requests run in the event loop's thread rather than handed to an inference thread: alone in "
+            "the server, on a model whose runs are short.",
+            ["model"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "zeroserve_batch_size",
             "Requests merged into one session.run, counted when the batch forms "

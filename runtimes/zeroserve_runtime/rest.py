@@ -87,7 +87,7 @@ class RestApp:
     ) -> tuple[int, bytes, dict[str, str]]:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         # Unknown models are refused before their bodies are read.
-        self.dataplane.model_metadata(name, version)
+        self.dataplane.check_model(name, version)
         declared = self._declared_length(headers.get("content-length"))
         binary = rest_codec.HEADER_LENGTH in headers
         # A chunked body holds room for the largest one allowed until its size is known.
@@ -106,9 +106,10 @@ class RestApp:
             if declared is None:
                 held, nbytes = nbytes, memory_cost(len(body), binary)
                 self.dataplane.admission.resize(held, nbytes)
+            # Timed from here, as a function's handler is, so that Server-Timing compares like with like.
+            started = time.perf_counter()
             request = rest_codec.decode_request(body, headers.get(rest_codec.HEADER_LENGTH))
             del body  # the tensors are views of it where they can be; drop the rest early
-            started = time.perf_counter()
             response = await self.dataplane.infer(name, version, request, "rest")
             del request
         finally:

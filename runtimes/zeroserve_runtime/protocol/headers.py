@@ -16,7 +16,7 @@ INIT_SECONDS = "x-zeroserve-init-seconds"
 READY_AGE = "x-zeroserve-ready-age-seconds"
 # Standard Server-Timing (W3C): "infer;dur=<ms>", the time the server spent on the request: for the
 # functions from handler entry to the response, which is what Lambda and Cloud Run bill; for the server
-# from the body read to the response (queue and inference).
+# from the body read to the response (decoding, queue, inference and, over REST, encoding).
 SERVER_TIMING = "server-timing"
 
 
