@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 MLSERVER_VENV ?= /tmp/peers
 KSERVE_VENV ?= /tmp/peers-kserve
 
-.PHONY: quickstart test lint pytest setup control-plane images cluster-up bench-node bench-controlplane bench-operator bench-runtime bench-peers bench-loadgen crd clean
+.PHONY: quickstart test lint pytest setup control-plane images cluster-up e2e bench-e2e bench-node bench-controlplane bench-operator bench-runtime bench-peers bench-loadgen crd clean
 
 ## quickstart: install Zeroserve and run its main job on the embedded default
 quickstart: $(STAMP)
@@ -51,6 +51,15 @@ cluster-up: $(STAMP) control-plane images
 ## bench-controlplane: measure the control plane's cold start
 bench-controlplane: $(STAMP) control-plane
 	$(BIN)/python bench/controlplane_start.py
+
+## e2e: the serverless path once, end to end: a cluster with a node and Knative, the operator from the
+## chart, the example ModelService scaled from zero through the activator, the breakdown; then teardown
+e2e: $(STAMP) control-plane images
+	$(BIN)/python bench/e2e_coldstart.py --runs 1
+
+## bench-e2e: scale from zero to first inference, 7 times, beside a raw-onnxruntime Knative Service
+bench-e2e: $(STAMP) control-plane images
+	$(BIN)/python bench/e2e_coldstart.py --runs 7
 
 ## bench-node: cluster start with a Ready node, and a runtime pod from create to its first inference
 bench-node: $(STAMP) control-plane images

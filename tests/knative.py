@@ -6,7 +6,7 @@ Everything comes from the pinned Go modules (hack/build-control-plane.sh) as loc
 (hack/build-images.sh): Knative's release manifests from the serving module's config/core, with its
 `ko://` image references rewritten to the local images; the networking CRDs and config-network from
 knative.dev/networking and the images CRD from knative.dev/caching (the serving module's zip drops its
-symlinks to them); Traefik's RBAC from its own module's docs.
+symlinks to them); Traefik from hack/traefik-knative.yaml, the file users apply.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from node import CLUSTER_DNS_IP, Images
 
 KNATIVE_NAMESPACE = "knative-serving"
 TRAEFIK_NAMESPACE = "traefik"
+TRAEFIK_MANIFEST = Path(__file__).resolve().parent.parent / "hack" / "traefik-knative.yaml"
 INGRESS_CLASS = "traefik.ingress.networking.knative.dev"
 DOMAIN = "example.com"
 COMPONENTS = ("controller", "webhook", "autoscaler", "activator")
@@ -187,85 +188,15 @@ def coredns_manifests(images: Images) -> list[dict[str, Any]]:
     ]
 
 
-def traefik_manifests(cache_dir: Path, images: Images) -> list[dict[str, Any]]:
-    """Traefik with its Knative provider: a public and a private entrypoint, each behind its own Service.
-    Without the private entrypoint it skips cluster-local routes; without the Services it marks a
-    KIngress Ready with an empty load-balancer status."""
-    ns = TRAEFIK_NAMESPACE
-    rbac = cache_dir / "traefik-knative-rbac.yml"
-    if not rbac.is_file():
-        raise KnativeError(f"{rbac} is missing; run `make control-plane` (hack/build-control-plane.sh)")
-    docs = _docs(rbac)
+def traefik_manifests(images: Images) -> list[dict[str, Any]]:
+    """hack/traefik-knative.yaml, which users apply as it is, with the locally built Traefik image."""
+    docs = _docs(TRAEFIK_MANIFEST)
     for doc in docs:
-        for subject in doc.get("subjects", []):
-            subject["namespace"] = ns
-    labels = {"app": "traefik"}
-    args = [
-        "--entrypoints.web.address=:8080",
-        "--entrypoints.private.address=:8081",
-        "--entrypoints.traefik.address=:9000",
-        "--ping=true",
-        "--experimental.knative=true",
-        "--providers.knative=true",
-        "--providers.knative.publicentrypoints=web",
-        "--providers.knative.privateentrypoints=private",
-        "--providers.knative.publicservice.name=traefik",
-        f"--providers.knative.publicservice.namespace={ns}",
-        "--providers.knative.privateservice.name=traefik-private",
-        f"--providers.knative.privateservice.namespace={ns}",
-        "--log.level=INFO",
-    ]
-    return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": "traefik-controller", "namespace": ns},
-        },
-        *docs,
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "traefik", "namespace": ns, "labels": labels},
-            "spec": {
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "serviceAccountName": "traefik-controller",
-                        "containers": [
-                            {
-                                "name": "traefik",
-                                "image": images.ref("traefik"),
-                                "imagePullPolicy": "Never",
-                                "args": args,
-                                "ports": [
-                                    {"name": "web", "containerPort": 8080},
-                                    {"name": "private", "containerPort": 8081},
-                                ],
-                                "readinessProbe": {
-                                    "httpGet": {"path": "/ping", "port": 9000},
-                                    "periodSeconds": 1,
-                                },
-                                "securityContext": _restricted(),
-                            }
-                        ],
-                    },
-                },
-            },
-        },
-        _service("traefik", ns, labels, 8080),
-        _service("traefik-private", ns, labels, 8081),
-    ]
-
-
-def _service(name: str, ns: str, selector: dict[str, str], target: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": target}]},
-    }
+        if doc["kind"] == "Deployment":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                container["image"] = images.ref("traefik")
+                container["imagePullPolicy"] = "Never"
+    return docs
 
 
 def _restricted() -> dict[str, Any]:
@@ -329,7 +260,7 @@ def install(
         *(f"crd/{d['metadata']['name']}" for d in crds),
     )
     apply(plane, [d for d in serving if d["kind"] != "CustomResourceDefinition"])
-    apply(plane, traefik_manifests(cache_dir, images))
+    apply(plane, traefik_manifests(images))
     wait_available(plane, "kube-system", ["coredns"], timeout)
     timings["coredns"] = time.monotonic() - t
     wait_available(plane, KNATIVE_NAMESPACE, list(COMPONENTS), timeout)

@@ -10,8 +10,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from controlplane import ControlPlane
-from knative import DOMAIN, TRAEFIK_NAMESPACE
+import yaml
+from controlplane import ControlPlane, default_cache_dir
+from knative import DOMAIN, TRAEFIK_MANIFEST, TRAEFIK_NAMESPACE
 from pods import HELLO_SERVER, RESTRICTED, apply, pods, service_address, wait_for
 
 
@@ -88,3 +89,19 @@ def test_knative_service_answers_scales_to_zero_and_answers_cold(
     cold = time.monotonic() - t
     assert status == 200 and body.decode().startswith("hello-"), (status, body)
     print(f"scale to zero {to_zero:.1f}s, cold request through the activator {cold:.2f}s")
+
+
+def test_traefik_manifest_grants_traefiks_documented_rbac() -> None:
+    """hack/traefik-knative.yaml, which users apply, keeps the RBAC Traefik documents for its Knative
+    provider in the pinned module: no more, no less."""
+    upstream_file = default_cache_dir() / "traefik-knative-rbac.yml"
+    if not upstream_file.is_file():
+        pytest.fail(f"{upstream_file} is missing; run `make control-plane`", pytrace=False)
+    ours = {d["kind"]: d for d in yaml.safe_load_all(TRAEFIK_MANIFEST.read_text()) if d}
+    upstream = {d["kind"]: d for d in yaml.safe_load_all(upstream_file.read_text()) if d}
+    assert ours["ClusterRole"]["rules"] == upstream["ClusterRole"]["rules"]
+    assert ours["ClusterRoleBinding"]["roleRef"] == upstream["ClusterRoleBinding"]["roleRef"]
+    (subject,) = ours["ClusterRoleBinding"]["subjects"]
+    (theirs,) = upstream["ClusterRoleBinding"]["subjects"]
+    assert subject["name"] == theirs["name"] == ours["ServiceAccount"]["metadata"]["name"]
+    assert subject["namespace"] == ours["Deployment"]["metadata"]["namespace"] == TRAEFIK_NAMESPACE

@@ -6,11 +6,14 @@ scales to zero, and answers cold through the activator."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -18,12 +21,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
+import yaml
 from controlplane import ControlPlane
-from knative import TRAEFIK_NAMESPACE
+from knative import DOMAIN, TRAEFIK_NAMESPACE
 from modelhost import SHARED_MODELS, serve_models, sha256_of
-from pods import apply, pods, service_address, wait_for
+from pods import RESTRICTED, apply, pods, service_address, wait_for
 from release import install_operator, uninstall
+from zeroserve_operator.resources.knative import build_knative_service
+from zeroserve_operator.settings import OperatorSettings
 
+ROOT = Path(__file__).resolve().parent.parent
 MODEL = SHARED_MODELS / "efficientnet-lite0.onnx"
 OPERATOR_NAMESPACE = "zeroserve-system"
 
@@ -154,3 +161,379 @@ def test_modelservice_from_apply_to_answer_to_zero_and_cold_again(
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
     assert headers.get("x-zeroserve-cold-start") == "1", headers
     print(f"to zero {to_zero:.1f}s, cold start through the activator {cold:.2f}s")
+
+
+ZEROSERVE = str(Path(sys.executable).parent / "zeroserve")
+
+
+def bench_file(
+    path: Path, ingress: Ingress, host: str, model: str, workload: dict[str, Any], **target: Any
+) -> Path:
+    """A `zeroserve bench` file aimed at a ModelService through the ingress, by its Host."""
+    x = np.random.default_rng(5).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    doc = {
+        "targets": [
+            {
+                "name": model,
+                "kind": "oip-rest",
+                "url": f"http://{ingress.address}",
+                "model": model,
+                "headers": {"Host": host},
+                "timeout_s": 60,
+                **target,
+            }
+        ],
+        "payload": json.loads(infer_body(x)),
+        "workload": workload,
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def run_bench(bench: Path, out: Path, timeout: float = 300) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [ZEROSERVE, "bench", str(bench), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finished_report(proc: subprocess.Popen[str], out: Path, timeout: float = 300) -> dict[str, Any]:
+    output, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, output[-4000:]
+    (target,) = json.loads((out / "report.json").read_text())["targets"]
+    return target
+
+
+def test_update_under_load_rolls_a_new_revision_without_a_failed_request(
+    knative_cluster: ControlPlane, operator: str, ns: str, model_url: str, tmp_path: Path
+) -> None:
+    plane = knative_cluster
+    apply(plane, ns, [modelservice("rolling", model_url, scaling={"minReplicas": 1})])
+    ms = wait_for(lambda: modelservice_ready(plane, ns, "rolling"), within=180, what="the ModelService Ready")
+    first = plane.get_json("ksvc", "rolling", "-n", ns)["status"]["latestReadyRevisionName"]
+    host = urlparse(ms["status"]["url"]).hostname
+    bench = bench_file(
+        tmp_path / "bench.yaml",
+        Ingress(plane),
+        str(host),
+        "rolling",
+        {"type": "constant", "rate": 8, "duration_s": 45, "seed": 1},
+    )
+    out = tmp_path / "out"
+    proc = run_bench(bench, out)
+    try:
+        time.sleep(8)
+        # A new batching setting: a new revision, rolled out while requests keep coming.
+        plane.kubectl(
+            "patch",
+            "modelservice",
+            "rolling",
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"runtime": {"batching": {"maxBatchSize": 4, "maxQueueDelayMs": 2}}}}),
+        )
+
+        def rolled() -> str | None:
+            status = plane.get_json("ksvc", "rolling", "-n", ns).get("status", {})
+            latest = status.get("latestReadyRevisionName")
+            traffic = status.get("traffic") or [{}]
+            return latest if latest != first and traffic[0].get("revisionName") == latest else None
+
+        second = wait_for(rolled, within=120, what="the new revision to take all traffic")
+        target = finished_report(proc, out)
+    finally:
+        proc.kill()
+    assert target["requests"] >= 300 and target["successes"] == target["requests"], target["errors"]
+    revision = plane.get_json("revision", second, "-n", ns)
+    env = {e["name"]: e.get("value") for e in revision["spec"]["containers"][0]["env"]}
+    assert env["ZEROSERVE_MAX_BATCH_SIZE"] == "4"
+
+
+def test_deleting_the_modelservice_removes_service_revisions_and_pods(
+    knative_cluster: ControlPlane, operator: str, ns: str, model_url: str
+) -> None:
+    plane = knative_cluster
+    apply(plane, ns, [modelservice("gone", model_url, scaling={"minReplicas": 1})])
+    wait_for(lambda: modelservice_ready(plane, ns, "gone"), within=180, what="the ModelService Ready")
+    assert plane.get_json("revisions", "-n", ns)["items"]
+    plane.kubectl("delete", "modelservice", "gone", "-n", ns)
+
+    def nothing_left() -> bool:
+        left = [
+            plane.get_json(kind, "-n", ns, "-l", "serving.knative.dev/service=gone")["items"]
+            for kind in ("revisions", "deployments", "pods")
+        ]
+        return not any(left) and plane.kubectl("get", "ksvc", "gone", "-n", ns, check=False).returncode != 0
+
+    wait_for(
+        nothing_left, within=120, what="the Knative Service, its revisions and pods to be gone", interval=1
+    )
+
+
+def test_cluster_local_visibility_is_reachable_inside_and_not_through_the_ingress(
+    knative_cluster: ControlPlane, operator: str, ns: str, model_url: str
+) -> None:
+    plane = knative_cluster
+    apply(plane, ns, [modelservice("private", model_url, visibility="cluster-local")])
+    ms = wait_for(lambda: modelservice_ready(plane, ns, "private"), within=180, what="the ModelService Ready")
+    assert ms["status"]["url"] == f"http://private.{ns}.svc.cluster.local"
+
+    # From outside, through the public entrypoint, by the name an external route would have: no route.
+    status, _, _ = Ingress(plane).post(f"private.{ns}.{DOMAIN}", "/v2/models/private/infer", b"{}")
+    assert status == 404
+
+    # From a pod, by its cluster-local name, through cluster DNS and Traefik's private entrypoint.
+    probe = (
+        "import urllib.request\n"
+        f"url = 'http://private.{ns}.svc.cluster.local/v2/models/private/ready'\n"
+        "print(urllib.request.urlopen(url, timeout=60).status)\n"
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "inside"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "inside",
+                    "image": plane.images.runtime,  # type: ignore[union-attr]
+                    "imagePullPolicy": "Never",
+                    "command": ["python3", "-c", probe],
+                    "securityContext": RESTRICTED,
+                }
+            ],
+        },
+    }
+    apply(plane, ns, [pod])
+
+    def finished() -> str | None:
+        phase = plane.get_json("pod", "inside", "-n", ns)["status"].get("phase")
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    phase = wait_for(finished, within=120, what="the in-cluster client to finish")
+    logs = plane.kubectl("logs", "-n", ns, "inside").stdout
+    assert phase == "Succeeded" and logs.strip() == "200", logs
+
+
+@pytest.mark.parametrize(
+    ("problem", "expected"),
+    [("sha256", "refusing to serve it"), ("404", "404")],
+    ids=["wrong-sha256", "missing-model"],
+)
+def test_a_model_that_cannot_load_gives_the_runtimes_reason_in_a_condition(
+    knative_cluster: ControlPlane, operator: str, ns: str, model_url: str, problem: str, expected: str
+) -> None:
+    """Within seconds, not at Knative's progress deadline: the operator reads the crash-looping pod."""
+    plane = knative_cluster
+    if problem == "sha256":
+        body = modelservice("broken", model_url, model={"sha256": "0" * 64})
+    else:
+        body = modelservice("broken", model_url.replace(MODEL.name, "no-such-model.onnx"))
+    apply(plane, ns, [body])
+
+    def failed() -> dict[str, Any] | None:
+        ready = conditions(plane.get_json("modelservice", "broken", "-n", ns)).get("Ready", {})
+        return ready if ready.get("status") == "False" else None
+
+    ready = wait_for(failed, within=90, what="a Ready=False condition with the runtime's reason", interval=1)
+    assert ready["reason"] == "RuntimeFailed" and expected in ready["message"], ready
+    events = plane.kubectl("get", "events", "-n", ns, "--field-selector", "reason=RuntimeFailed").stdout
+    assert "broken" in events, events
+
+
+def dry_run(plane: ControlPlane, ns: str, obj: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """Server-side dry run: Knative's real admission webhooks judge the object; nothing is stored."""
+    return plane.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=json.dumps({**obj, "metadata": {**obj["metadata"], "namespace": ns, "ownerReferences": []}}),
+        check=False,
+    )
+
+
+def set_features(plane: ControlPlane, **flags: str) -> None:
+    plane.kubectl(
+        "patch",
+        "configmap",
+        "config-features",
+        "-n",
+        "knative-serving",
+        "--type=merge",
+        "-p",
+        json.dumps({"data": {f"kubernetes.podspec-{k}": v for k, v in flags.items()}}),
+    )
+
+
+def test_knatives_webhook_judges_the_operators_services(
+    knative_cluster: ControlPlane, operator: str, ns: str, model_url: str
+) -> None:
+    """The CPU example and a GPU-shaped spec, built by the operator's pure builder, go through Knative's
+    real validating webhook; with the config-features flags off the webhook refuses the GPU one, and the
+    ModelService's condition names the flag to turn on."""
+    plane = knative_cluster
+    settings = OperatorSettings(onnx_image=plane.images.runtime)  # type: ignore[union-attr]
+    example = yaml.safe_load((ROOT / "examples" / "modelservice-cpu.yaml").read_text())
+    example["metadata"].update(namespace=ns, uid=str(uuid.uuid4()))
+    gpu = modelservice(
+        "gpu",
+        model_url,
+        resources={"memory": "1Gi", "gpu": {"count": 1}},
+        nodeSelector={"nvidia.com/gpu.present": "true"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    )
+    gpu["metadata"].update(namespace=ns, uid=str(uuid.uuid4()))
+    cpu_ksvc, gpu_ksvc = build_knative_service(example, settings), build_knative_service(gpu, settings)
+
+    set_features(plane, nodeselector="disabled", tolerations="disabled")
+    accepted = dry_run(plane, ns, cpu_ksvc)
+    assert accepted.returncode == 0, accepted.stderr
+    refused = dry_run(plane, ns, gpu_ksvc)
+    assert refused.returncode != 0 and "nodeSelector" in refused.stderr, refused.stderr
+
+    # The operator reads the same flags and says which to turn on, instead of sending a doomed object.
+    apply(plane, ns, [gpu])
+
+    def condition_names_the_flag() -> dict[str, Any] | None:
+        ms = plane.get_json("modelservice", "gpu", "-n", ns)
+        features = conditions(ms).get("KnativeFeaturesEnabled", {})
+        return ms if features.get("status") == "False" else None
+
+    ms = wait_for(condition_names_the_flag, within=60, what="KnativeFeaturesEnabled=False")
+    message = conditions(ms)["KnativeFeaturesEnabled"]["message"]
+    assert "kubernetes.podspec-nodeselector" in message and "kubernetes.podspec-tolerations" in message
+
+    set_features(plane, nodeselector="enabled", tolerations="enabled")
+    try:
+        # Knative's webhook reads config-features through an informer: give it a moment.
+        wait_for(
+            lambda: dry_run(plane, ns, gpu_ksvc).returncode == 0, within=30, what="the webhook to accept"
+        )
+    finally:
+        set_features(plane, nodeselector="disabled", tolerations="disabled")
+
+
+def test_operator_restarted_during_a_scale_up_loses_nothing_and_converges(
+    knative_cluster: ControlPlane, operator: str, ns: str, model_url: str, tmp_path: Path
+) -> None:
+    plane = knative_cluster
+    # containerConcurrency 2: Knative's queue-proxy holds what the runtime is not yet working on.
+    scaling = {"maxReplicas": 3, "target": 1, "containerConcurrency": 2}
+    apply(plane, ns, [modelservice("restart", model_url, scaling=scaling)])
+    ms = wait_for(lambda: modelservice_ready(plane, ns, "restart"), within=180, what="the ModelService Ready")
+    host = urlparse(ms["status"]["url"]).hostname
+    bench = bench_file(
+        tmp_path / "bench.yaml",
+        Ingress(plane),
+        str(host),
+        "restart",
+        {"type": "constant", "rate": 8, "duration_s": 30, "seed": 2},
+    )
+    out = tmp_path / "out"
+    proc = run_bench(bench, out)
+    try:
+        # Mid scale-up: the operator's pod is killed and its Deployment starts a new one.
+        time.sleep(6)
+        plane.kubectl(
+            "delete",
+            "pods",
+            "-n",
+            OPERATOR_NAMESPACE,
+            "-l",
+            "app.kubernetes.io/name=zeroserve",
+            "--wait=false",
+        )
+        target = finished_report(proc, out)
+    finally:
+        proc.kill()
+    assert target["successes"] == target["requests"] > 200, target["errors"]
+    # It scaled up, and after the restart there is still exactly one Knative Service, owned as before.
+    ksvcs = plane.get_json("ksvc", "-n", ns, "-l", "zeroserve.dev/modelservice=restart")["items"]
+    assert len(ksvcs) == 1
+    assert ksvcs[0]["metadata"]["ownerReferences"][0]["uid"] == ms["metadata"]["uid"]
+    # The new operator converges: a spec change after the restart is reconciled.
+    plane.kubectl(
+        "patch",
+        "modelservice",
+        "restart",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"scaling": {"maxReplicas": 2}}}),
+    )
+
+    def converged() -> bool:
+        current = plane.get_json("modelservice", "restart", "-n", ns)
+        annotations = plane.get_json("ksvc", "restart", "-n", ns)["spec"]["template"]["metadata"][
+            "annotations"
+        ]
+        return (
+            current["status"].get("observedGeneration") == current["metadata"]["generation"]
+            and annotations.get("autoscaling.knative.dev/max-scale") == "2"
+        )
+
+    wait_for(converged, within=90, what="the restarted operator to reconcile a change")
+
+
+@pytest.mark.parametrize(
+    "workload",
+    [
+        # Two bursts, each after a gap longer than scale to zero takes here (about 40 s): both start cold.
+        {"type": "sporadic", "bursts": 2, "burst_rate": 8, "burst_s": 4, "idle_s": 55, "seed": 3},
+        # The study's bursty traffic: calm, then bursts over one replica's target of 1 in flight.
+        {"type": "mmpp", "rates": [1, 10], "mean_sojourn_s": [6, 4], "duration_s": 30, "seed": 4},
+    ],
+    ids=["sporadic", "mmpp"],
+)
+def test_bursts_through_scale_ups_all_succeed_and_the_report_counts_cold_starts_and_replicas(
+    knative_cluster: ControlPlane,
+    operator: str,
+    ns: str,
+    model_url: str,
+    tmp_path: Path,
+    workload: dict[str, Any],
+) -> None:
+    plane = knative_cluster
+    name = workload["type"]
+    scaling = {"maxReplicas": 3, "target": 1, "containerConcurrency": 2}
+    apply(plane, ns, [modelservice(name, model_url, scaling=scaling)])
+    ms = wait_for(lambda: modelservice_ready(plane, ns, name), within=180, what="the ModelService Ready")
+    # Start from zero: the first request of the run is a cold start through the activator.
+    wait_for(
+        lambda: not pods(plane, ns, f"serving.knative.dev/service={name}"),
+        within=180,
+        what="zero",
+        interval=1,
+    )
+    bench = bench_file(
+        tmp_path / "bench.yaml",
+        Ingress(plane),
+        str(urlparse(ms["status"]["url"]).hostname),
+        name,
+        workload,
+        idle_window_s=45,
+        replicas={
+            "namespace": ns,
+            "selector": f"serving.knative.dev/service={name}",
+            "kubeconfig": str(plane.kubeconfig),
+        },
+    )
+    out = tmp_path / "out"
+    target = finished_report(run_bench(bench, out), out, timeout=400)
+    assert target["requests"] > 20 and target["successes"] == target["requests"], target["errors"]
+    bursts = workload.get("bursts", 1)
+    # Every scale from zero was seen by the runtime as its process's first answer.
+    assert target["cold_by_header"] >= bursts, target
+    # Replicas over time, from the API: none at the start, at least one while serving.
+    samples = target["replicas"]
+    assert samples[0]["total"] == 0 and target["max_replicas"] >= 1, samples
+    assert "replicas" in (out / "report.html").read_text()

@@ -1,0 +1,361 @@
+"""Scale from zero to the first successful inference, through Knative's activator, on the test cluster:
+a real node, Knative Serving's own components, Traefik as the ingress, and the operator from the chart.
+
+    .venv/bin/python bench/e2e_coldstart.py [--runs 7]     # make bench-e2e; `make e2e` runs it once
+
+A ModelService serving EfficientNet-Lite0 (../shared/models, fetched with its sha256 from an HTTP server
+on the node's bridge, so the image and the model are both on the node) is applied as a user would. Beside
+it runs the floor: a Knative Service on the same image and the same model served by raw onnxruntime in a
+20-line HTTP server. For each run, the service is left to scale to zero, then one inference is sent
+through the ingress; the time to its answer is broken down from a watch on the cluster (the scale
+decision is the Deployment's replicas going from 0 to 1; then pod scheduled, sandbox with an address,
+container running, Ready) and the runtime's own cold-start phases. Warm latency is then measured through
+the ingress (Traefik, activator or not, queue-proxy) and straight to the pod.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import knative
+from controlplane import Binaries, ControlPlane, default_cache_dir
+from kubernetes import client, config, watch
+from modelhost import SHARED_MODELS, serve_models, sha256_of
+from node import Images
+from pods import service_address, wait_for
+from release import install_operator
+
+MODEL = SHARED_MODELS / "efficientnet-lite0.onnx"
+NAMESPACE = "e2e"
+PHASES = ("scale-decision", "scheduled", "sandbox", "running", "ready", "answer")
+GOAL_SECONDS, GOAL_RATIO = 1.5, 1.25
+
+# The floor: the least a Knative Service can do to serve this model. Same image, same model source.
+FLOOR_SERVER = """
+import hashlib, http.server, json, os, signal, sys, urllib.request
+import numpy as np, onnxruntime as ort
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+data = urllib.request.urlopen(os.environ["MODEL_URL"]).read()
+assert hashlib.sha256(data).hexdigest() == os.environ["MODEL_SHA256"]
+session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        x = np.asarray(req["inputs"][0]["data"], dtype=np.float32).reshape(req["inputs"][0]["shape"])
+        y = session.run(None, {"input": x})[0]
+        body = json.dumps({"outputs": [{"name": "logits", "shape": list(y.shape), "datatype": "FP32",
+                                        "data": y.ravel().tolist()}]}).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args): pass
+http.server.ThreadingHTTPServer(("", 8080), Handler).serve_forever()
+"""
+
+
+def floor_ksvc(images: Images, model_url: str) -> dict[str, Any]:
+    restricted = {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    return {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": "floor"},
+        "spec": {
+            "template": {
+                "metadata": {"annotations": {"autoscaling.knative.dev/min-scale": "0"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "image": images.runtime,
+                            "command": ["/opt/zeroserve/bin/python", "-c", FLOOR_SERVER],
+                            "env": [
+                                {"name": "MODEL_URL", "value": model_url},
+                                {"name": "MODEL_SHA256", "value": sha256_of(MODEL)},
+                            ],
+                            "ports": [{"name": "http1", "containerPort": 8080}],
+                            "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 0},
+                            "resources": {"limits": {"memory": "1Gi"}, "requests": {"memory": "1Gi"}},
+                            "securityContext": restricted,
+                        }
+                    ]
+                },
+            }
+        },
+    }
+
+
+def modelservice(model_url: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "zeroserve.dev/v1alpha1",
+        "kind": "ModelService",
+        "metadata": {"name": "effnet"},
+        "spec": {"model": {"uri": model_url, "sha256": sha256_of(MODEL)}, "resources": {"memory": "1Gi"}},
+    }
+
+
+def infer_body() -> bytes:
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    return json.dumps(
+        {
+            "inputs": [
+                {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
+            ]
+        }
+    ).encode()
+
+
+def post(url: str, body: bytes, host: str | None = None, timeout: float = 120) -> tuple[int, dict[str, str]]:
+    headers = {"Content-Type": "application/json", **({"Host": host} if host else {})}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, body, headers=headers), timeout=timeout) as r:
+            r.read()
+            return r.status, {k.lower(): v for k, v in r.headers.items()}
+    except urllib.error.HTTPError as e:
+        return e.code, {}
+
+
+class Timeline:
+    """Times, from a watch on the service's Deployment and pods, of each step of one scale from zero."""
+
+    def __init__(self, api: client.ApiClient, service: str) -> None:
+        self.seen: dict[str, float] = {}
+        self.selector = f"serving.knative.dev/service={service}"
+        self._stops: list[watch.Watch] = []
+        self._threads = [
+            threading.Thread(target=self._deployments, args=(client.AppsV1Api(api),), daemon=True),
+            threading.Thread(target=self._pods, args=(client.CoreV1Api(api),), daemon=True),
+        ]
+
+    def __enter__(self) -> Timeline:
+        for t in self._threads:
+            t.start()
+        time.sleep(0.3)  # both watches open before the request goes out
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for w in self._stops:
+            w.stop()
+
+    def _deployments(self, apps: client.AppsV1Api) -> None:
+        w = watch.Watch()
+        self._stops.append(w)
+        for event in w.stream(
+            apps.list_namespaced_deployment, NAMESPACE, label_selector=self.selector, timeout_seconds=300
+        ):
+            if (event["object"].spec.replicas or 0) > 0:
+                self.seen.setdefault("scale-decision", time.monotonic())
+
+    def _pods(self, core: client.CoreV1Api) -> None:
+        w = watch.Watch()
+        self._stops.append(w)
+        for event in w.stream(
+            core.list_namespaced_pod, NAMESPACE, label_selector=self.selector, timeout_seconds=300
+        ):
+            pod, now = event["object"], time.monotonic()
+            if pod.metadata.deletion_timestamp:
+                continue
+            if pod.spec.node_name:
+                self.seen.setdefault("scheduled", now)
+            if pod.status.pod_ip:
+                self.seen.setdefault("sandbox", now)
+            statuses = {s.name: s for s in pod.status.container_statuses or []}
+            user = statuses.get("user-container")
+            if user and user.state.running:
+                self.seen.setdefault("running", now)
+            if any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []):
+                self.seen.setdefault("ready", now)
+
+
+def pods_of(core: client.CoreV1Api, service: str) -> list[Any]:
+    return [
+        p
+        for p in core.list_namespaced_pod(
+            NAMESPACE, label_selector=f"serving.knative.dev/service={service}"
+        ).items
+        if not p.metadata.deletion_timestamp
+    ]
+
+
+def cold_start(api: client.ApiClient, ingress: str, host: str, path: str, body: bytes) -> dict[str, Any]:
+    core = client.CoreV1Api(api)
+    service = host.split(".")[0]
+    t = time.monotonic()
+    wait_for(
+        lambda: (
+            not core.list_namespaced_pod(
+                NAMESPACE, label_selector=f"serving.knative.dev/service={service}"
+            ).items
+        ),
+        within=300,
+        what=f"{service} at zero replicas",
+        interval=0.5,
+    )
+    to_zero = time.monotonic() - t
+    with Timeline(api, service) as timeline:
+        t0 = time.monotonic()
+        status, headers = post(f"http://{ingress}{path}", body, host)
+        timeline.seen["answer"] = time.monotonic()
+    if status != 200:
+        raise RuntimeError(f"cold request to {host} answered {status}")
+    result: dict[str, Any] = {k: v - t0 for k, v in timeline.seen.items()}
+    result["to-zero"] = to_zero
+    result["cold-header"] = headers.get("x-zeroserve-cold-start") == "1"
+    if "x-zeroserve-init-seconds" in headers:
+        result["runtime-init"] = float(headers["x-zeroserve-init-seconds"])
+    return result
+
+
+def warm_latency(
+    ingress: str, host: str, path: str, body: bytes, pod_ip: str, n: int = 40
+) -> tuple[float, float]:
+    """p50 ms through the ingress (and Knative's proxies), and straight to the pod's user container."""
+
+    def p50(url: str, h: str | None) -> float:
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            status, _ = post(url, body, h)
+            assert status == 200
+            times.append((time.perf_counter() - t) * 1000)
+        return statistics.median(times)
+
+    return p50(f"http://{ingress}{path}", host), p50(f"http://{pod_ip}:8080{path}", None)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=7, help="cold starts per service (default 7)")
+    parser.add_argument("--json", type=Path, help="also write the samples here")
+    args = parser.parse_args()
+
+    binaries = Binaries.from_cache()
+    images = Images.from_cache(default_cache_dir())
+    body = infer_body()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="zeroserve-e2e-") as tmp:
+        plane = ControlPlane(binaries, Path(tmp), images=images)
+        print("starting the cluster: etcd, API server, controllers, a node ...", flush=True)
+        with plane:
+            print(
+                f"  cluster ready in {plane.timings['total']:.1f}s; installing Knative, CoreDNS, Traefik ...",
+                flush=True,
+            )
+            timings = knative.install(plane)
+            print(
+                f"  Knative ready in {timings['traefik']:.1f}s; installing the operator (helm) ...",
+                flush=True,
+            )
+            install_operator(plane, "zeroserve", "zeroserve-system")
+            plane.kubectl("create", "namespace", NAMESPACE)
+            api = config.new_client_from_config(config_file=str(plane.kubeconfig))
+            with serve_models(SHARED_MODELS) as base:
+                url = f"{base}/{MODEL.name}"
+                knative.apply(
+                    plane, [dict(modelservice(url), metadata={"name": "effnet", "namespace": NAMESPACE})]
+                )
+                knative.apply(
+                    plane, [dict(floor_ksvc(images, url), metadata={"name": "floor", "namespace": NAMESPACE})]
+                )
+                ms = wait_for(
+                    lambda: _ready(plane, "modelservice", "effnet"), within=300, what="the ModelService"
+                )
+                wait_for(lambda: _ready(plane, "ksvc", "floor"), within=300, what="the floor service")
+                print(f"  ModelService Ready at {ms['status']['url']}", flush=True)
+                ingress = service_address(plane, knative.TRAEFIK_NAMESPACE, "traefik")
+                targets = {
+                    "zeroserve": (f"effnet.{NAMESPACE}.{knative.DOMAIN}", "/v2/models/effnet/infer"),
+                    "floor": (f"floor.{NAMESPACE}.{knative.DOMAIN}", "/"),
+                }
+                samples: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+                warm: dict[str, tuple[float, float]] = {}
+                for run in range(args.runs):
+                    for name, (host, path) in targets.items():  # interleaved: same conditions for both
+                        sample = cold_start(api, ingress, host, path, body)
+                        samples[name].append(sample)
+                        print(
+                            f"  run {run + 1}/{args.runs} {name}: answer {sample['answer']:.2f}s "
+                            f"(ready {sample.get('ready', float('nan')):.2f}s), "
+                            f"to zero {sample['to-zero']:.0f}s",
+                            flush=True,
+                        )
+                        if run == args.runs - 1:
+                            (pod,) = pods_of(client.CoreV1Api(api), host.split(".")[0])
+                            warm[name] = warm_latency(ingress, host, path, body, pod.status.pod_ip)
+    report(samples, warm, time.monotonic() - started, args.json)
+    # Every cold request must have been a real cold start, as the runtime itself saw it.
+    return 0 if all(s["cold-header"] for s in samples["zeroserve"]) else 1
+
+
+def _ready(plane: ControlPlane, kind: str, name: str) -> dict[str, Any] | None:
+    got = plane.kubectl("get", kind, name, "-n", NAMESPACE, "-o", "json", check=False)
+    if got.returncode:
+        return None
+    obj = json.loads(got.stdout)
+    ok = any(
+        c["type"] == "Ready" and c["status"] == "True" for c in obj.get("status", {}).get("conditions", [])
+    )
+    return obj if ok else None
+
+
+def report(
+    samples: dict[str, list[dict[str, Any]]],
+    warm: dict[str, tuple[float, float]],
+    total: float,
+    json_path: Path | None,
+) -> None:
+    print(
+        "\ncold start through the activator, seconds after the request "
+        f"({len(samples['zeroserve'])} runs, median)"
+    )
+    print(f"{'phase':<16}" + "".join(f"{n:>12}" for n in samples))
+    for phase in (*PHASES, "runtime-init", "to-zero"):
+        row = [
+            statistics.median(xs) if (xs := [s[phase] for s in samples[n] if phase in s]) else float("nan")
+            for n in samples
+        ]
+        print(f"{phase:<16}" + "".join(f"{v:>12.3f}" for v in row))
+    zs = statistics.median(s["answer"] for s in samples["zeroserve"])
+    floor = statistics.median(s["answer"] for s in samples["floor"])
+    print(
+        "\nwarm p50 ms, through the ingress / straight to the pod: "
+        + ", ".join(f"{n} {w[0]:.1f} / {w[1]:.1f}" for n, w in warm.items())
+    )
+    print(
+        f"goals: <= {GOAL_SECONDS} s absolute ({'met' if zs <= GOAL_SECONDS else 'MISSED'}), "
+        f"<= {GOAL_RATIO}x the floor: {zs / floor:.2f}x ({'met' if zs <= GOAL_RATIO * floor else 'MISSED'})"
+    )
+    to_zero = statistics.median(s["to-zero"] for s in samples["zeroserve"])
+    if json_path:
+        json_path.write_text(json.dumps({"samples": samples, "warm_ms": warm}, indent=1))
+    print(f"(whole run {total:.0f}s)")
+    print(
+        f"e2e ok: cold start {zs:.2f} s (floor {floor:.2f} s), warm p50 {warm['zeroserve'][0]:.0f} ms, "
+        f"back to zero in {to_zero:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
