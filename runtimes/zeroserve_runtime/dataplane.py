@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from zeroserve_runtime import memory
@@ -60,6 +60,15 @@ class DataPlane:
 
     def server_metadata(self) -> dict[str, object]:
         return server_metadata("statistics/prometheus")
+
+    def decoded(self, protocol: str, decode: Callable[..., InferRequest], *wire: Any) -> InferRequest:
+        """The request `decode` makes of the wire format; one the client got wrong is counted as
+        outcome="invalid", as `infer` counts a request that decodes but does not fit the model."""
+        try:
+            return decode(*wire)
+        except InvalidInput:
+            self._count(protocol, "invalid")
+            raise
 
     def _count(self, protocol: str, outcome: str) -> None:
         child = self._counts.get((protocol, outcome))

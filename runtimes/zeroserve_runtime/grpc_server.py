@@ -171,7 +171,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             held = nbytes
             name, version = request.model_name, request.model_version
             started = time.perf_counter()
-            decoded = decode_request(request)
+            decoded = dp.decoded("grpc", decode_request, request)
             del request
             response = await dp.infer(name, version, decoded, "grpc")
             del decoded

@@ -108,7 +108,9 @@ class RestApp:
                 self.dataplane.admission.resize(held, nbytes)
             # Timed from here, as a function's handler is, so that Server-Timing compares like with like.
             started = time.perf_counter()
-            request = rest_codec.decode_request(body, headers.get(rest_codec.HEADER_LENGTH))
+            request = self.dataplane.decoded(
+                "rest", rest_codec.decode_request, body, headers.get(rest_codec.HEADER_LENGTH)
+            )
             del body  # the tensors are views of it where they can be; drop the rest early
             response = await self.dataplane.infer(name, version, request, "rest")
             del request
