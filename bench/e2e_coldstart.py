@@ -41,7 +41,7 @@ from controlplane import Binaries, ControlPlane, default_cache_dir
 from kubernetes import client, config, watch
 from modelhost import SHARED_MODELS, serve_models, sha256_of
 from node import Images
-from pods import service_address, wait_for
+from pods import RESTRICTED, service_address, wait_for
 from release import install_operator
 
 MODEL = SHARED_MODELS / "efficientnet-lite0.onnx"
@@ -80,14 +80,6 @@ http.server.ThreadingHTTPServer(("", 8080), Handler).serve_forever()
 
 
 def floor_ksvc(images: Images, model_url: str) -> dict[str, Any]:
-    restricted = {
-        "runAsNonRoot": True,
-        "runAsUser": 1000,
-        "readOnlyRootFilesystem": True,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
     return {
         "apiVersion": "serving.knative.dev/v1",
         "kind": "Service",
@@ -107,7 +99,7 @@ def floor_ksvc(images: Images, model_url: str) -> dict[str, Any]:
                             "ports": [{"name": "http1", "containerPort": 8080}],
                             "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 0},
                             "resources": {"limits": {"memory": "1Gi"}, "requests": {"memory": "1Gi"}},
-                            "securityContext": restricted,
+                            "securityContext": {**RESTRICTED, "runAsUser": 1000},
                         }
                     ]
                 },
@@ -348,16 +340,7 @@ def main() -> int:
                 # What an admin does once per node: a directory the runtime's uid owns, and Knative's flag.
                 MODEL_CACHE.mkdir(mode=0o700, parents=True, exist_ok=True)
                 os.chown(MODEL_CACHE, 1000, 1000)
-                plane.kubectl(
-                    "patch",
-                    "configmap",
-                    "config-features",
-                    "-n",
-                    "knative-serving",
-                    "--type=merge",
-                    "-p",
-                    json.dumps({"data": {"kubernetes.podspec-volumes-hostpath": "enabled"}}),
-                )
+                knative.set_features(plane, volumes_hostpath="enabled")
                 settings.append(f"modelCache.hostPath={MODEL_CACHE}")
             install_operator(plane, "zeroserve", "zeroserve-system", *settings)
             plane.kubectl("create", "namespace", NAMESPACE)

@@ -80,6 +80,15 @@ def node_cluster(
     yield from _running_plane(plane)
 
 
+@pytest.fixture
+def ns(node_cluster: ControlPlane) -> Iterator[str]:
+    """A fresh namespace on the cluster with a node, deleted (without waiting) afterwards."""
+    name = f"n-{uuid.uuid4().hex[:10]}"
+    node_cluster.kubectl("create", "namespace", name)
+    yield name
+    node_cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
 @pytest.fixture(scope="session")
 def knative_cluster(node_cluster: ControlPlane) -> ControlPlane:
     """The node cluster with Knative Serving's own components, CoreDNS and Traefik running as pods."""

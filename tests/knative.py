@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from controlplane import ControlPlane, default_cache_dir
 from node import CLUSTER_DNS_IP, Images
+from pods import RESTRICTED, rollout
 
 KNATIVE_NAMESPACE = "knative-serving"
 TRAEFIK_NAMESPACE = "traefik"
@@ -163,7 +164,7 @@ def coredns_manifests(images: Images) -> list[dict[str, Any]]:
                                     "periodSeconds": 1,
                                 },
                                 "livenessProbe": {"httpGet": {"path": "/health", "port": 8080}},
-                                "securityContext": _restricted(),
+                                "securityContext": {**RESTRICTED, "runAsUser": 65532},
                                 "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns"}],
                             }
                         ],
@@ -199,17 +200,6 @@ def traefik_manifests(images: Images) -> list[dict[str, Any]]:
     return docs
 
 
-def _restricted() -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": 65532,
-        "readOnlyRootFilesystem": True,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
 def apply(plane: ControlPlane, docs: list[dict[str, Any]]) -> None:
     plane.kubectl(
         "apply", "--server-side", "--force-conflicts", "-f", "-", input="\n---\n".join(map(json.dumps, docs))
@@ -218,24 +208,10 @@ def apply(plane: ControlPlane, docs: list[dict[str, Any]]) -> None:
 
 def wait_available(plane: ControlPlane, namespace: str, deployments: list[str], timeout: float) -> None:
     for name in deployments:
-        got = plane.kubectl(
-            "rollout",
-            "status",
-            f"deployment/{name}",
-            "-n",
-            namespace,
-            f"--timeout={int(timeout)}s",
-            check=False,
-            timeout=timeout + 30,
-        )
-        if got.returncode != 0:
-            pods = plane.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout
-            events = plane.kubectl(
-                "get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False
-            ).stdout
-            raise KnativeError(
-                f"{namespace}/{name} did not become available: {got.stderr}\n{pods}\n{events[-3000:]}"
-            )
+        try:
+            rollout(plane, namespace, name, timeout)
+        except AssertionError as e:
+            raise KnativeError(str(e)) from None
 
 
 def install(
@@ -268,3 +244,19 @@ def install(
     wait_available(plane, TRAEFIK_NAMESPACE, ["traefik"], timeout)
     timings["traefik"] = time.monotonic() - t
     return timings
+
+
+def set_features(plane: ControlPlane, **flags: str) -> None:
+    """Knative's config-features flags, e.g. set_features(plane, nodeselector="enabled") for
+    kubernetes.podspec-nodeselector (its webhook picks the change up within seconds)."""
+    data = {f"kubernetes.podspec-{flag.replace('_', '-')}": value for flag, value in flags.items()}
+    plane.kubectl(
+        "patch",
+        "configmap",
+        "config-features",
+        "-n",
+        KNATIVE_NAMESPACE,
+        "--type=merge",
+        "-p",
+        json.dumps({"data": data}),
+    )

@@ -164,3 +164,35 @@ def service_address(plane: ControlPlane, namespace: str, name: str, within: floa
 
     wait_for(routed, within=within, what=f"kube-proxy to route {namespace}/{name} at {ip}", interval=0.1)
     return ip
+
+
+def run_python(
+    plane: ControlPlane, namespace: str, name: str, code: str, within: float = 120
+) -> tuple[str, str]:
+    """Run `code` with python3 in a one-shot pod of the runtime image, under the restricted securityContext;
+    return the pod's final phase and its logs."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": name,
+                    "image": plane.images.runtime,  # type: ignore[union-attr]
+                    "imagePullPolicy": "Never",
+                    "command": ["python3", "-c", code],
+                    "securityContext": RESTRICTED,
+                }
+            ],
+        },
+    }
+    apply(plane, namespace, [pod])
+
+    def finished() -> str | None:
+        phase = plane.get_json("pod", name, "-n", namespace)["status"].get("phase")
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    phase = wait_for(finished, within=within, what=f"pod {name} to finish")
+    return phase, plane.kubectl("logs", "-n", namespace, name).stdout

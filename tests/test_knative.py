@@ -6,22 +6,12 @@ from __future__ import annotations
 
 import time
 import urllib.request
-import uuid
-from collections.abc import Iterator
 
 import pytest
 import yaml
 from controlplane import ControlPlane, default_cache_dir
 from knative import DOMAIN, TRAEFIK_MANIFEST, TRAEFIK_NAMESPACE
 from pods import HELLO_SERVER, RESTRICTED, apply, pods, service_address, wait_for
-
-
-@pytest.fixture
-def kns(knative_cluster: ControlPlane) -> Iterator[str]:
-    name = f"kn-{uuid.uuid4().hex[:8]}"
-    knative_cluster.kubectl("create", "namespace", name)
-    yield name
-    knative_cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def ingress_get(plane: ControlPlane, host: str, path: str = "/", timeout: float = 30) -> tuple[int, bytes]:
@@ -64,12 +54,12 @@ def ready(plane: ControlPlane, ns: str, name: str) -> dict | None:
 
 
 def test_knative_service_answers_scales_to_zero_and_answers_cold(
-    knative_cluster: ControlPlane, kns: str
+    knative_cluster: ControlPlane, ns: str
 ) -> None:
     plane = knative_cluster
-    apply(plane, kns, [hello_ksvc("hello", plane.images.runtime)])  # type: ignore[union-attr]
-    ksvc = wait_for(lambda: ready(plane, kns, "hello"), within=120, what="the Knative Service to be Ready")
-    host = f"hello.{kns}.{DOMAIN}"
+    apply(plane, ns, [hello_ksvc("hello", plane.images.runtime)])  # type: ignore[union-attr]
+    ksvc = wait_for(lambda: ready(plane, ns, "hello"), within=120, what="the Knative Service to be Ready")
+    host = f"hello.{ns}.{DOMAIN}"
     assert ksvc["status"]["url"] == f"http://{host}"
 
     status, body = wait_for(
@@ -78,7 +68,7 @@ def test_knative_service_answers_scales_to_zero_and_answers_cold(
     assert body.decode().startswith("hello-")
 
     def scaled_to_zero() -> bool:
-        return not pods(plane, kns, "serving.knative.dev/service=hello")
+        return not pods(plane, ns, "serving.knative.dev/service=hello")
 
     t = time.monotonic()
     wait_for(scaled_to_zero, within=120, what="scale to zero", interval=1)

@@ -5,22 +5,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from controlplane import KUBERNETES_SERVICE_IP, Binaries, ControlPlane
 from node import NODE_IP, NODE_NAME, OFF_BRIDGE_PROBE, POD_CIDR, Images, host_state
-from pods import RESTRICTED, apply, hello_deployment, pods, rollout, service_address, wait_for
-
-
-@pytest.fixture
-def node_ns(node_cluster: ControlPlane) -> Iterator[str]:
-    name = f"n-{uuid.uuid4().hex[:10]}"
-    node_cluster.kubectl("create", "namespace", name)
-    yield name
-    node_cluster.kubectl("delete", "namespace", name, "--wait=false")
+from pods import apply, hello_deployment, pods, rollout, run_python, service_address, wait_for
 
 
 def test_node_is_ready_with_pinned_versions_and_bridge_address(node_cluster: ControlPlane) -> None:
@@ -36,17 +26,15 @@ def test_node_is_ready_with_pinned_versions_and_bridge_address(node_cluster: Con
     assert not node["spec"].get("taints")
 
 
-def test_pods_get_bridge_addresses_and_cluster_ips_route_to_them(
-    node_cluster: ControlPlane, node_ns: str
-) -> None:
+def test_pods_get_bridge_addresses_and_cluster_ips_route_to_them(node_cluster: ControlPlane, ns: str) -> None:
     images: Images = node_cluster.images  # type: ignore[assignment]
-    apply(node_cluster, node_ns, hello_deployment("hello", images.runtime, replicas=2))
-    rollout(node_cluster, node_ns, "hello")
-    running = pods(node_cluster, node_ns, "app=hello")
+    apply(node_cluster, ns, hello_deployment("hello", images.runtime, replicas=2))
+    rollout(node_cluster, ns, "hello")
+    running = pods(node_cluster, ns, "app=hello")
     names = {p["metadata"]["name"] for p in running}
     for pod in running:
         assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(POD_CIDR)
-    cluster_ip = service_address(node_cluster, node_ns, "hello")
+    cluster_ip = service_address(node_cluster, ns, "hello")
 
     # From the host, through kube-proxy's rules: both replicas answer behind the one address.
     def seen_from_host() -> set[str]:
@@ -74,15 +62,15 @@ def test_pods_get_bridge_addresses_and_cluster_ips_route_to_them(
     # No cluster DNS on this node yet: the API server by its Service's ClusterIP, which its certificate
     # names.
     probe = probe.replace("kubernetes.default.svc", KUBERNETES_SERVICE_IP)
-    out = node_cluster.kubectl("exec", "-n", node_ns, pod, "--", "python3", "-c", probe).stdout.split()
+    out = node_cluster.kubectl("exec", "-n", ns, pod, "--", "python3", "-c", probe).stdout.split()
     assert out[0] in names
     assert out[1] == node_cluster.binaries.versions["K8S_VERSION"]
 
-    logs = node_cluster.kubectl("logs", "-n", node_ns, pod).stdout
+    logs = node_cluster.kubectl("logs", "-n", ns, pod).stdout
     assert logs == ""  # the server logs nothing; what matters is that kubelet served the request
 
 
-def test_nothing_leaves_the_bridge(node_cluster: ControlPlane, node_ns: str) -> None:
+def test_nothing_leaves_the_bridge(node_cluster: ControlPlane, ns: str) -> None:
     """A pod's attempt to reach an address off the bridge is dropped by the fixture's rule and counted
     there, and no packet for it reaches another interface."""
     node = node_cluster.node
@@ -96,31 +84,8 @@ def test_nothing_leaves_the_bridge(node_cluster: ControlPlane, node_ns: str) -> 
         "except OSError as e:\n    print('blocked', e); sys.exit(0)\n"
         "print('connected'); sys.exit(1)\n"
     )
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "escape"},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [
-                {
-                    "name": "escape",
-                    "image": node_cluster.images.runtime,  # type: ignore[union-attr]
-                    "imagePullPolicy": "Never",
-                    "command": ["python3", "-c", probe],
-                    "securityContext": RESTRICTED,
-                }
-            ],
-        },
-    }
-    apply(node_cluster, node_ns, [pod])
-
-    def finished() -> str | None:
-        phase = node_cluster.get_json("pod", "escape", "-n", node_ns)["status"].get("phase")
-        return phase if phase in ("Succeeded", "Failed") else None
-
-    assert wait_for(finished, within=60, what="the escape pod to finish") == "Succeeded"
-    assert "blocked" in node_cluster.kubectl("logs", "-n", node_ns, "escape").stdout
+    phase, logs = run_python(node_cluster, ns, "escape", probe, within=60)
+    assert phase == "Succeeded" and "blocked" in logs, logs
     assert node.dropped_packets() > dropped_before
     assert node.escaped_probe_packets() == escaped_before == 0
 

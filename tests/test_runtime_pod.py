@@ -7,7 +7,6 @@ import http.client
 import re
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,14 +39,6 @@ def model_url() -> Iterator[str]:
         pytest.fail(f"{MODEL} is missing: the realistic models live in ../shared/models", pytrace=False)
     with serve_models(SHARED_MODELS) as base:
         yield base
-
-
-@pytest.fixture
-def ns(node_cluster: ControlPlane) -> Iterator[str]:
-    name = f"rt-{uuid.uuid4().hex[:10]}"
-    node_cluster.kubectl("create", "namespace", name)
-    yield name
-    node_cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def as_deployment(ksvc: dict[str, Any]) -> list[dict[str, Any]]:

@@ -23,9 +23,9 @@ import pytest
 import tritonclient.http as httpclient
 import yaml
 from controlplane import ControlPlane
-from knative import DOMAIN, TRAEFIK_NAMESPACE
+from knative import DOMAIN, TRAEFIK_NAMESPACE, set_features
 from modelhost import SHARED_MODELS, serve_models, sha256_of
-from pods import RESTRICTED, apply, pods, service_address, wait_for
+from pods import apply, pods, run_python, service_address, wait_for
 from release import install_operator, uninstall
 from zeroserve_operator.resources.knative import build_knative_service
 from zeroserve_operator.settings import OperatorSettings
@@ -47,14 +47,6 @@ def operator(knative_cluster: ControlPlane) -> Iterator[str]:
 def model_url() -> Iterator[str]:
     with serve_models(SHARED_MODELS) as base:
         yield f"{base}/{MODEL.name}"
-
-
-@pytest.fixture
-def ns(knative_cluster: ControlPlane) -> Iterator[str]:
-    name = f"ms-{uuid.uuid4().hex[:8]}"
-    knative_cluster.kubectl("create", "namespace", name)
-    yield name
-    knative_cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def modelservice(name: str, model_url: str, **spec: Any) -> dict[str, Any]:
@@ -292,31 +284,7 @@ def test_cluster_local_visibility_is_reachable_inside_and_not_through_the_ingres
         f"url = 'http://private.{ns}.svc.cluster.local/v2/models/private/ready'\n"
         "print(urllib.request.urlopen(url, timeout=60).status)\n"
     )
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "inside"},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [
-                {
-                    "name": "inside",
-                    "image": plane.images.runtime,  # type: ignore[union-attr]
-                    "imagePullPolicy": "Never",
-                    "command": ["python3", "-c", probe],
-                    "securityContext": RESTRICTED,
-                }
-            ],
-        },
-    }
-    apply(plane, ns, [pod])
-
-    def finished() -> str | None:
-        phase = plane.get_json("pod", "inside", "-n", ns)["status"].get("phase")
-        return phase if phase in ("Succeeded", "Failed") else None
-
-    phase = wait_for(finished, within=120, what="the in-cluster client to finish")
-    logs = plane.kubectl("logs", "-n", ns, "inside").stdout
+    phase, logs = run_python(plane, ns, "inside", probe)
     assert phase == "Succeeded" and logs.strip() == "200", logs
 
 
@@ -357,19 +325,6 @@ def dry_run(plane: ControlPlane, ns: str, obj: dict[str, Any]) -> subprocess.Com
         "-",
         input=json.dumps({**obj, "metadata": {**obj["metadata"], "namespace": ns, "ownerReferences": []}}),
         check=False,
-    )
-
-
-def set_features(plane: ControlPlane, **flags: str) -> None:
-    plane.kubectl(
-        "patch",
-        "configmap",
-        "config-features",
-        "-n",
-        "knative-serving",
-        "--type=merge",
-        "-p",
-        json.dumps({"data": {f"kubernetes.podspec-{k}": v for k, v in flags.items()}}),
     )
 
 
