@@ -275,3 +275,21 @@ async def test_a_cancelled_request_still_running_keeps_the_next_off_the_loop(
     loop = threading.get_ident()
     assert model.threads[2] != loop, "ran in the loop's thread beside the abandoned run"
     assert model.threads[3] == loop
+
+
+async def test_a_request_over_the_byte_budget_waits_for_room_then_is_refused() -> None:
+    """A request that fits the count but not yet the bytes waits for others to finish (its body still
+    unread), instead of a 503 while the server is working the budget off; past its wait it is refused."""
+    admission = Admission(10, lambda _: None, byte_limit=100)
+    admission.acquire(80)
+    waiter = asyncio.create_task(admission.acquire_within(50, within=5))
+    await asyncio.sleep(0.05)
+    assert not waiter.done() and admission.count == 1  # waiting, holding nothing
+    admission.release(80)
+    await asyncio.wait_for(waiter, 1)
+    assert (admission.count, admission.bytes) == (1, 50)
+
+    admission.acquire(40)
+    with pytest.raises(ServerBusy, match="over its budget"):
+        await admission.acquire_within(50, within=0.1)
+    assert (admission.count, admission.bytes) == (2, 90)

@@ -77,6 +77,16 @@ class Admission:
             raise self._full(nbytes)
         self._take(nbytes)
 
+    async def acquire_within(self, nbytes: int, within: float) -> None:
+        """acquire(), but a request that does not fit the byte budget yet waits up to `within` seconds
+        for others to free room instead of being refused at once: its body, not read yet, waits in the
+        socket and costs nothing. A burst that a proxy forwards all at once (Knative's queue-proxy with
+        containerConcurrency 0) is then worked off rather than half refused."""
+        if self.count >= self.limit:
+            raise self._crowded()
+        await self._room(nbytes, within)
+        self._take(nbytes)
+
     async def acquire_unknown(self, nbytes: int, within: float) -> None:
         """acquire() for a request of unknown size, holding `nbytes` (its largest) until resize() tells
         the real one. Only known bytes refuse it; room held for other unknown ones is waited for, up to
@@ -85,6 +95,12 @@ class Admission:
             raise self._crowded()
         if not self._fits(nbytes, self.bytes - self.unknown):
             raise self._full(nbytes)
+        await self._room(nbytes, within)
+        self.unknown += nbytes
+        self._take(nbytes)
+
+    async def _room(self, nbytes: int, within: float) -> None:
+        """Wait, up to `within` seconds, until `nbytes` more fit the byte budget."""
         deadline = asyncio.get_running_loop().time() + within
         while not self._fits(nbytes, self.bytes):
             self._freed.clear()
@@ -94,8 +110,6 @@ class Admission:
                 raise self._full(nbytes) from None
             if self.count >= self.limit:
                 raise self._crowded()
-        self.unknown += nbytes
-        self._take(nbytes)
 
     def known(self, unknown: int, nbytes: int) -> None:
         """A request admitted with acquire_unknown(unknown) turns out to need `nbytes`."""

@@ -28,6 +28,8 @@ from zeroserve_runtime.protocol.tensors import InferRequest, InferResponse
 # How long a gRPC request, whose size is known only once it has arrived, waits for room held for others
 # still arriving before it is refused.
 UNKNOWN_SIZE_WAIT_SECONDS = 1.0
+# How long a request that fits the count limit but not yet the byte budget waits for room before a 503.
+BYTE_BUDGET_WAIT_SECONDS = 5.0
 
 
 class DataPlane:
@@ -125,6 +127,14 @@ class DataPlane:
         a full server answers 503."""
         try:
             self.admission.acquire(nbytes)
+        except ServerBusy:
+            self._count(protocol, "busy")
+            raise
+
+    async def acquire_within(self, protocol: str, nbytes: int) -> None:
+        """acquire(), waiting a while for room in the byte budget (see Admission.acquire_within)."""
+        try:
+            await self.admission.acquire_within(nbytes, BYTE_BUDGET_WAIT_SECONDS)
         except ServerBusy:
             self._count(protocol, "busy")
             raise

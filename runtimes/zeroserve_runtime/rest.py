@@ -93,7 +93,7 @@ class RestApp:
         # A chunked body holds room for the largest one allowed until its size is known.
         nbytes = memory_cost(self.max_request_bytes if declared is None else declared, binary)
         try:
-            self.dataplane.acquire("rest", nbytes)
+            await self.dataplane.acquire_within("rest", nbytes)
         except ServerBusy:
             # A client that waits for 100 Continue has not sent its body, and now never will. Any other
             # is already sending it: read and drop it, holding none of it, so the client gets its 503
