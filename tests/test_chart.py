@@ -91,24 +91,6 @@ def test_chart_env_is_what_the_operator_settings_read(
     assert settings.gpu_progress_deadline == "2400s"
 
 
-def test_node_model_cache_is_off_unless_a_host_path_is_given(
-    binaries: Binaries, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    def operator_env(docs: list[dict]) -> dict[str, str]:
-        (container,) = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
-        return {e["name"]: e["value"] for e in container["env"]}
-
-    assert "ZEROSERVE_OPERATOR_MODEL_CACHE_HOST_PATH" not in operator_env(render(binaries))
-    values = tmp_path / "cache-values.yaml"
-    values.write_text("modelCache:\n  hostPath: /var/lib/zeroserve/models\n")
-    env = operator_env(render(binaries, values))
-    assert env["ZEROSERVE_OPERATOR_MODEL_CACHE_HOST_PATH"] == "/var/lib/zeroserve/models"
-    # What the operator makes of it: the setting the Knative Service builder reads.
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    assert OperatorSettings().model_cache_host_path == "/var/lib/zeroserve/models"
-
-
 def rules(docs: list[dict]) -> list[tuple[str, str, str]]:
     found = []
     for doc in docs:
@@ -210,9 +192,6 @@ BAD_VALUES = [
     (["--set", "metrics.port=0"], "/metrics/port"),
     (["--set", "modelServiceDefaults.gpu.progressDeadline=soon"], "progressDeadline"),
     (["--set", "watch.namespaces[0]=Not_A_Namespace"], "namespaces"),
-    (["--set", "modelCache.hostPath=var/lib/models"], "hostPath"),
-    (["--set", "modelCache.hostPath=/var/lib/../../etc"], "hostPath"),
-    (["--set", "modelCache.create=true"], "create"),
 ]
 
 

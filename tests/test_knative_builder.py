@@ -6,8 +6,6 @@ import copy
 from typing import Any
 
 import pytest
-from zeroserve_operator.api import ModelServiceSpec
-from zeroserve_operator.resources import status
 from zeroserve_operator.resources.knative import build_knative_service
 from zeroserve_operator.settings import OperatorSettings
 
@@ -266,82 +264,3 @@ def test_cluster_local_visibility_is_knatives_label_on_the_service_only() -> Non
 
 def test_a_failing_runtime_puts_its_last_log_lines_in_the_pod_status() -> None:
     assert container(build(CPU))["terminationMessagePolicy"] == "FallbackToLogsOnError"
-
-
-NODE_CACHE = SETTINGS.model_copy(update={"model_cache_host_path": "/var/lib/zeroserve/models"})
-DIGEST = "ab" * 32
-
-
-def cache_volume(ksvc: dict[str, Any]) -> dict[str, Any]:
-    """The volume mounted where the runtime is told to cache its model."""
-    (mount,) = [
-        m for m in container(ksvc)["volumeMounts"] if m["mountPath"] == env(ksvc)["ZEROSERVE_CACHE_DIR"]
-    ]
-    (volume,) = [v for v in template(ksvc)["spec"]["volumes"] if v["name"] == mount["name"]]
-    return volume
-
-
-def test_node_model_cache_is_a_host_directory_for_models_with_a_digest() -> None:
-    ksvc = build({"model": {"uri": "s3://models/digits.onnx", "sha256": DIGEST}}, NODE_CACHE)
-    volume = cache_volume(ksvc)
-    # Directory: the admin's folder must exist, owned by the runtime's uid; the kubelet would otherwise
-    # create it owned by root, where the non-root runtime cannot write.
-    assert volume["hostPath"] == {"path": "/var/lib/zeroserve/models", "type": "Directory"}
-    assert "emptyDir" not in volume
-    assert env(ksvc)["ZEROSERVE_MODEL_SHA256"] == DIGEST
-    # The runtime stays non-root and read-only everywhere else.
-    assert container(ksvc)["securityContext"]["runAsUser"] == 1000
-    assert container(ksvc)["securityContext"]["readOnlyRootFilesystem"] is True
-    (tmp,) = [v for v in template(ksvc)["spec"]["volumes"] if v["name"] == "tmp"]
-    assert "emptyDir" in tmp
-
-
-@pytest.mark.parametrize(
-    "model",
-    [
-        {"uri": "s3://models/digits.onnx"},  # no digest: nothing could tell a planted file from the model
-        {"uri": "pvc://models/digits.onnx", "sha256": DIGEST},  # read in place, never cached
-        {"uri": "/models/digits.onnx", "sha256": DIGEST},
-    ],
-    ids=["no sha256", "pvc", "local path"],
-)
-def test_node_model_cache_is_never_used_where_it_cannot_help_or_be_checked(model: dict[str, Any]) -> None:
-    ksvc = build({"model": model}, NODE_CACHE)
-    assert cache_volume(ksvc) == {"name": "model-cache", "emptyDir": {}}
-    assert not [v for v in template(ksvc)["spec"]["volumes"] if "hostPath" in v]
-
-
-def test_without_the_setting_every_model_caches_in_its_own_pod() -> None:
-    ksvc = build({"model": {"uri": "https://models.example/m.onnx", "sha256": DIGEST}})
-    assert cache_volume(ksvc) == {"name": "model-cache", "emptyDir": {}}
-
-
-def test_node_model_cache_setting_reads_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ZEROSERVE_OPERATOR_MODEL_CACHE_HOST_PATH", "/srv/models")
-    assert OperatorSettings().model_cache_host_path == "/srv/models"
-    monkeypatch.setenv("ZEROSERVE_OPERATOR_MODEL_CACHE_HOST_PATH", "")
-    assert OperatorSettings().model_cache_host_path is None
-    for bad in ("relative/models", "/srv/../etc"):
-        monkeypatch.setenv("ZEROSERVE_OPERATOR_MODEL_CACHE_HOST_PATH", bad)
-        with pytest.raises(ValueError, match="model_cache_host_path"):
-            OperatorSettings()
-
-
-def test_node_model_cache_needs_knatives_hostpath_flag_enabled() -> None:
-    """Knative's webhook refuses hostPath volumes unless config-features enables them; the operator names
-    the flag on the ModelService instead of sending a Knative Service that would be refused."""
-    flag = "kubernetes.podspec-volumes-hostpath"
-    spec = {"model": {"uri": "s3://models/digits.onnx", "sha256": DIGEST}}
-    needed = status.required_features(build(spec, NODE_CACHE))
-    assert flag in needed
-    assert flag not in status.required_features(build(spec))
-    # Off by Knative's default, and "allowed" is not enough: hostPath needs exactly "enabled".
-    assert status.disabled_features(needed, {}) == [flag]
-    assert status.disabled_features(needed, {flag: "allowed"}) == [flag]
-    assert status.disabled_features(needed, {flag: "Enabled"}) == []
-    st = status.observed_status(
-        ModelServiceSpec.model_validate(spec), 1, None, None, status.disabled_features(needed, {})
-    )
-    conditions = {c["type"]: c for c in st["conditions"]}
-    assert conditions["KnativeFeaturesEnabled"]["status"] == "False"
-    assert conditions["Ready"]["status"] == "False" and flag in conditions["Ready"]["message"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from importlib.metadata import version
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The installed distribution's version (pyproject takes it from zeroserve/__init__.py): the operator
@@ -61,26 +61,3 @@ class OperatorSettings(BaseSettings):
     knative_namespace: str = Field(
         default="knative-serving", description="Namespace of Knative Serving's config-features."
     )
-    model_cache_host_path: str | None = Field(
-        default=None,
-        pattern=r"^/",
-        description="A node directory shared as the model cache by every replica on the node whose "
-        "ModelService gives a sha256, so a cold start finds a model any pod there fetched. Off (a "
-        "per-pod emptyDir) when unset. It must exist (hostPath type Directory), made by the admin, "
-        "owned by uid 1000 with mode 0700, and Knative's kubernetes.podspec-volumes-hostpath must be "
-        "enabled.",
-    )
-
-    @field_validator("model_cache_host_path", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        # An empty variable is how a chart or a shell says "not set".
-        return None if value == "" else value
-
-    @field_validator("model_cache_host_path")
-    @classmethod
-    def _no_backsteps(cls, value: str | None) -> str | None:
-        # The API server refuses a hostPath with "..", which would only surface as a failed apply.
-        if value is not None and ".." in value.split("/"):
-            raise ValueError("must not contain '..'")
-        return value

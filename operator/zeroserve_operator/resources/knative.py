@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlparse
 
 import kopf
 
@@ -79,26 +78,6 @@ def runtime_model_uri(spec: ModelServiceSpec) -> str:
     """What the runtime loads: a pvc:// model is mounted read-only and read as a local file."""
     pvc = pvc_source(spec)
     return f"file://{PVC_MOUNT}/{pvc[1]}" if pvc else spec.model.uri
-
-
-def model_cache_volume(spec: ModelServiceSpec, settings: OperatorSettings) -> dict[str, Any]:
-    """The volume the runtime caches the model in: the node's shared folder when the operator has one and
-    the model has a sha256, else a folder of the pod's own.
-
-    Only models with a sha256 share: the runtime then keys the cache by the digest and re-hashes a cached
-    file before each use, so a file another pod planted is never served. Without a digest nothing could
-    tell a planted file from the model, and every such replica would also need the Knative flag for no
-    gain. Local and pvc:// models never touch the cache, so they get no hostPath either.
-
-    type Directory, not DirectoryOrCreate: the kubelet would create a missing folder owned by root with
-    mode 0755, where the non-root runtime cannot write, and every fetch would fail. The admin creates it
-    owned by the runtime's uid with mode 0700, so only that uid can read or plant files in it.
-    """
-    host_path = settings.model_cache_host_path
-    remote = urlparse(spec.model.uri).scheme in ("http", "https", "s3", "gs")
-    if host_path and spec.model.sha256 and remote:
-        return {"name": "model-cache", "hostPath": {"path": host_path, "type": "Directory"}}
-    return {"name": "model-cache", "emptyDir": {}}
 
 
 def _number(value: float) -> str:
@@ -223,7 +202,7 @@ def build_knative_service(body: Mapping[str, Any], settings: OperatorSettings) -
         "enableServiceLinks": False,
         "containers": [runtime_container(name, spec, settings)],
         "volumes": [
-            model_cache_volume(spec, settings),
+            {"name": "model-cache", "emptyDir": {}},
             {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
         ],
         **pod_placement(spec, settings),

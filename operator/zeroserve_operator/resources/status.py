@@ -19,15 +19,13 @@ FEATURE_DEFAULTS = {
     "kubernetes.podspec-nodeselector": "disabled",
     "kubernetes.podspec-tolerations": "disabled",
     "kubernetes.podspec-persistent-volume-claim": "disabled",
-    "kubernetes.podspec-volumes-hostpath": "disabled",
 }
-# nodeSelector and tolerations pass when a flag is "allowed" too; PVCs and hostPaths need exactly "enabled".
+# nodeSelector and tolerations pass when a flag is "allowed" too; PVCs need exactly "enabled".
 FEATURE_ACCEPTS = {
     "kubernetes.podspec-volumes-emptydir": {"enabled"},
     "kubernetes.podspec-nodeselector": {"enabled", "allowed"},
     "kubernetes.podspec-tolerations": {"enabled", "allowed"},
     "kubernetes.podspec-persistent-volume-claim": {"enabled"},
-    "kubernetes.podspec-volumes-hostpath": {"enabled"},
 }
 
 
@@ -47,8 +45,6 @@ def required_features(ksvc: Mapping[str, Any]) -> list[str]:
         needed.append("kubernetes.podspec-tolerations")
     if any("persistentVolumeClaim" in v for v in pod.get("volumes", [])):
         needed.append("kubernetes.podspec-persistent-volume-claim")
-    if any("hostPath" in v for v in pod.get("volumes", [])):
-        needed.append("kubernetes.podspec-volumes-hostpath")
     return needed
 
 
