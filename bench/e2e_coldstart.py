@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import statistics
 import sys
@@ -51,8 +50,6 @@ PHASES = ("scale-decision", "scheduled", "sandbox", "running", "ready", "answer"
 RUNTIME_PHASES = ("runtime-import", "runtime-fetch", "runtime-load", "runtime-warmup", "runtime-total")
 GOAL_SECONDS, GOAL_RATIO = 1.5, 1.25
 BURST = 20
-# Where --model-cache keeps models on the node (the test node's own data directory, removed on teardown).
-MODEL_CACHE = Path("/var/lib/zeroserve-node/model-cache")
 
 # The floor: the least a Knative Service can do to serve this model. Same image, same model source.
 FLOOR_SERVER = """
@@ -216,7 +213,7 @@ def pods_of(core: client.CoreV1Api, service: str) -> list[Any]:
 
 
 def runtime_phases(plane: ControlPlane, service: str) -> dict[str, float]:
-    """The runtime's own cold-start phases (seconds from its process start) and model-cache counters,
+    """The runtime's own cold-start phases (seconds, from its process start) and model-cache counters,
     from its /metrics through the API server's pod proxy."""
     got = plane.kubectl(
         "get",
@@ -311,11 +308,6 @@ def main() -> int:
     )
     parser.add_argument("--runs", type=int, default=7, help="cold starts per service (default 7)")
     parser.add_argument("--json", type=Path, help="also write the samples here")
-    parser.add_argument(
-        "--model-cache",
-        action="store_true",
-        help="install the operator with the node-local model cache (modelCache.hostPath) turned on",
-    )
     args = parser.parse_args()
 
     binaries = Binaries.from_cache()
@@ -335,14 +327,7 @@ def main() -> int:
                 f"  Knative ready in {timings['traefik']:.1f}s; installing the operator (helm) ...",
                 flush=True,
             )
-            settings = []
-            if args.model_cache:
-                # What an admin does once per node: a directory the runtime's uid owns, and Knative's flag.
-                MODEL_CACHE.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.chown(MODEL_CACHE, 1000, 1000)
-                knative.set_features(plane, volumes_hostpath="enabled")
-                settings.append(f"modelCache.hostPath={MODEL_CACHE}")
-            install_operator(plane, "zeroserve", "zeroserve-system", *settings)
+            install_operator(plane, "zeroserve", "zeroserve-system")
             plane.kubectl("create", "namespace", NAMESPACE)
             api = config.new_client_from_config(config_file=str(plane.kubeconfig))
             with serve_models(SHARED_MODELS) as base:
