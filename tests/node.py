@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -196,9 +197,10 @@ def _mounts_under(*prefixes: Path) -> list[str]:
     return sorted(points, key=len, reverse=True)
 
 
-def iptables_rules() -> dict[str, list[str]]:
-    """The host's IPv4 rules per table, without counters: what teardown must leave as it found."""
-    out = run("iptables-save").stdout
+def iptables_rules(tool: str = "iptables") -> dict[str, list[str]]:
+    """The host's rules per table (IPv4, or IPv6 with ip6tables), without counters: what teardown must
+    leave as it found."""
+    out = run(f"{tool}-save").stdout
     tables: dict[str, list[str]] = {}
     current = ""
     for line in out.splitlines():
@@ -569,30 +571,40 @@ state = "{STATE_DIR / "containerd"}"
                 self._lock = None
 
     def _remove_leftovers(self) -> None:
-        """Processes, mounts, network namespaces, cgroups, iptables chains and the bridge of this node,
-        or of an earlier one that was killed before it could clean up."""
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit() and _shim_of_ours(proc):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(proc.name), signal.SIGKILL)
-        for cg in _cgroup_dirs():
-            _kill_cgroup_tree(cg)
-        time.sleep(0.2)
-        for point in _mounts_under(STATE_DIR, DATA_DIR):
-            run("umount", "--lazy", point, check=False)
-        for cg in _cgroup_dirs():
-            _remove_cgroup_tree(cg)
-        # kubelet's and kube-proxy's chains that `kube-proxy --cleanup` leaves (kubelet's canaries).
-        for table, rules in iptables_rules().items():
-            for chain in {r.split()[0][1:] for r in rules if r.startswith(":KUBE-")}:
-                for rule in [r for r in rules if r.startswith("-A ") and f"-j {chain}" in r]:
-                    run("iptables", "-t", table, *rule.replace("-A ", "-D ", 1).split(), check=False)
-                run("iptables", "-t", table, "-F", chain, check=False)
-                run("iptables", "-t", table, "-X", chain, check=False)
-        if run("ip", "link", "show", BRIDGE, check=False).returncode == 0:
-            run("ip", "link", "delete", BRIDGE, check=False)
-        shutil.rmtree(STATE_DIR, ignore_errors=True)
-        shutil.rmtree(DATA_DIR, ignore_errors=True)
+        remove_leftovers()
+
+
+def remove_leftovers() -> None:
+    """Processes, mounts, network namespaces, cgroups, iptables rules and the bridge of a node: this one
+    once it is stopped, or an earlier one that was killed before it could clean up."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and _shim_of_ours(proc):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
+    for cg in _cgroup_dirs():
+        _kill_cgroup_tree(cg)
+    time.sleep(0.2)
+    for point in _mounts_under(STATE_DIR, DATA_DIR):
+        run("umount", "--lazy", point, check=False)
+    for cg in _cgroup_dirs():
+        _remove_cgroup_tree(cg)
+    # Our own rules, and kubelet's and kube-proxy's chains (`kube-proxy --cleanup` leaves kubelet's
+    # canaries, and a killed node never ran it): every rule jumping to one, then the chain.
+    for tool in ("iptables", "ip6tables"):
+        for table, rules in iptables_rules(tool).items():
+            chains = {r.split()[0][1:] for r in rules if r.startswith(":KUBE-")}
+            for rule in rules:
+                if rule.startswith("-A ") and (
+                    RULE_COMMENT in rule or any(f"-j {c}" in rule for c in chains)
+                ):
+                    run(tool, "-t", table, *shlex.split(rule.replace("-A ", "-D ", 1)), check=False)
+            for chain in chains:
+                run(tool, "-t", table, "-F", chain, check=False)
+                run(tool, "-t", table, "-X", chain, check=False)
+    if run("ip", "link", "show", BRIDGE, check=False).returncode == 0:
+        run("ip", "link", "delete", BRIDGE, check=False)
+    shutil.rmtree(STATE_DIR, ignore_errors=True)
+    shutil.rmtree(DATA_DIR, ignore_errors=True)
 
 
 def _shim_of_ours(proc: Path) -> bool:

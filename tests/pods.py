@@ -148,16 +148,20 @@ def wait_for(predicate, *, within: float, what: str, interval: float = 0.5):  # 
     raise AssertionError(f"timed out after {within:.0f}s waiting for {what}; last saw {last!r}")
 
 
-def service_address(plane: ControlPlane, namespace: str, name: str, within: float = 30) -> str:
+def service_address(
+    plane: ControlPlane, namespace: str, name: str, within: float = 30, port: int | None = None
+) -> str:
     """The Service's ClusterIP, once kube-proxy routes every port of it: a Deployment can be rolled out
     a moment before kube-proxy has programmed its endpoints."""
     spec = plane.get_json("service", name, "-n", namespace)["spec"]
     ip = spec["clusterIP"]
 
+    ports = [port] if port is not None else [p["port"] for p in spec["ports"]]
+
     def routed() -> bool:
-        for port in spec["ports"]:
+        for number in ports:
             try:
-                socket.create_connection((ip, port["port"]), timeout=2).close()
+                socket.create_connection((ip, number), timeout=2).close()
             except OSError:
                 return False
         return True

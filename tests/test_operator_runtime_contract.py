@@ -40,6 +40,7 @@ LEFT_TO_THE_RUNTIME = {
     "max_request_bytes": "no ModelService field; the runtime's 64 MiB limit applies",
     "max_inflight_bytes": "a quarter of the container's memory limit (resources.memory), from its cgroup",
     "log_level": "no ModelService field; spec.env can set ZEROSERVE_LOG_LEVEL",
+    "drain_delay_seconds": "no ModelService field; the runtime's 1 s lame duck suits Services and Knative",
 }
 
 

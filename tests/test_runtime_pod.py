@@ -130,8 +130,8 @@ def test_runtime_pod_answers_tritonclient_like_raw_onnxruntime(
 
 
 class Load:
-    """Closed-loop inference requests straight to one pod, each on a new connection, so that a refused
-    connection (never accepted) is told apart from an accepted request that failed."""
+    """Closed-loop inference requests through a Service, as clients send them, each on a new connection,
+    so that a refused connection (never accepted) is told apart from an accepted request that failed."""
 
     def __init__(
         self, address: str, name: str, body: bytes, headers: dict[str, str], workers: int = 3
@@ -157,7 +157,7 @@ class Load:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            conn = http.client.HTTPConnection(self.address, 8080, timeout=30)
+            conn = http.client.HTTPConnection(self.address, 80, timeout=30)
             try:
                 conn.connect()
             except OSError:
@@ -184,11 +184,16 @@ class Load:
 def test_deleting_a_pod_under_load_drains_every_accepted_request(
     node_cluster: ControlPlane, ns: str, model_url: str
 ) -> None:
-    body = modelservice("drain", ns, f"{model_url}/{MODEL.name}", model={"sha256": sha256_of(MODEL)})
+    # Kube-proxy takes a moment (its sync period is 1 s) to stop sending new connections to a pod that
+    # is going away: the runtime's lame duck must outlast it, or a connection lands on a closed port.
+    lame_duck = [{"name": "ZEROSERVE_DRAIN_DELAY_SECONDS", "value": "3"}]
+    body = modelservice(
+        "drain", ns, f"{model_url}/{MODEL.name}", model={"sha256": sha256_of(MODEL)}, env=lame_duck
+    )
     name = deploy(node_cluster, ns, body)
     rollout(node_cluster, ns, name)
     (pod,) = pods(node_cluster, ns, f"zeroserve.dev/modelservice={name}")
-    pod_ip = pod["status"]["podIP"]
+    address = service_address(node_cluster, ns, name, port=80)
 
     x = np.zeros((8, 3, 224, 224), dtype=np.float32)
     inp = httpclient.InferInput("input", list(x.shape), "FP32")
@@ -199,7 +204,7 @@ def test_deleting_a_pod_under_load_drains_every_accepted_request(
         "Content-Type": "application/octet-stream",
     }
 
-    with Load(pod_ip, name, request, headers) as load:
+    with Load(address, name, request, headers) as load:
         wait_for(lambda: load.ok >= 5, within=60, what="steady load on the pod")
         ok_before_delete = load.ok
         node_cluster.kubectl(
@@ -208,7 +213,6 @@ def test_deleting_a_pod_under_load_drains_every_accepted_request(
         time.sleep(0.5)
     assert not load.failed, f"accepted requests failed while the pod was stopped: {load.failed[:5]}"
     assert load.ok > ok_before_delete  # requests were in flight when SIGTERM came, and were answered
-    assert load.refused > 0  # the pod did stop taking connections
 
 
 def test_a_bad_image_and_a_missing_model_show_their_reason_on_the_pod(

@@ -146,8 +146,12 @@ class Runtime:
 
     async def drain(self, http_task: asyncio.Task[None]) -> None:
         """Stop accepting, finish what was accepted (REST and gRPC together), then stop inferring."""
-        log.info("shutting down: finishing %d request(s) in flight", self.admission.count)
         self.dataplane.draining = True
+        # A lame duck: not ready, still accepting. Connections a Service or proxy sends before it has
+        # heard of the shutdown are served, instead of meeting a closed port or being reset in the
+        # listen backlog when it closes.
+        await asyncio.sleep(self.settings.drain_delay_seconds)
+        log.info("shutting down: finishing %d request(s) in flight", self.admission.count)
         grace = self.settings.shutdown_grace_seconds
         await self._stop_listening(http_task, grace)
         # Only now: a request still uploading its body when SIGTERM came has been answered too.

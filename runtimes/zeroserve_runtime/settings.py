@@ -133,6 +133,13 @@ class RuntimeSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         default=30, ge=0, description="How long SIGTERM waits for in-flight work."
     )
+    drain_delay_seconds: float = Field(
+        default=1,
+        ge=0,
+        le=60,
+        description="After SIGTERM, how long the server reports not ready but keeps accepting, before it "
+        "stops listening: the time Services and proxies take to stop sending it new connections.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
 
     def intra_op_threads(self) -> int:
