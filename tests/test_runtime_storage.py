@@ -14,14 +14,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from controlplane import free_port
+from google.cloud import storage
 from runtimeproc import RuntimeProcess
-
-boto3 = pytest.importorskip("boto3")
-storage = pytest.importorskip("google.cloud.storage")
 
 BIN = Path(sys.executable).parent
 X = np.array([[1, 2, 3, 4], [-1, 0.5, 0, 2]], dtype=np.float32)
