@@ -198,6 +198,19 @@ class Component:
                 continue
 
 
+def _controller_flags(kubeconfig: Path, port: int) -> list[str]:
+    """What kube-controller-manager and kube-scheduler share: one identity for the API and for checking
+    their own callers, health on loopback, and no leader election (each runs once)."""
+    return [
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={port}",
+        "--leader-elect=false",
+    ]
+
+
 @dataclass
 class ControlPlane:
     """etcd, kube-apiserver and kube-controller-manager; with `images`, also kube-scheduler and one real
@@ -341,14 +354,9 @@ class ControlPlane:
             "kube-controller-manager",
             [
                 str(self.binaries.kube_controller_manager),
-                f"--kubeconfig={self.kubeconfig}",
-                f"--authentication-kubeconfig={self.kubeconfig}",
-                f"--authorization-kubeconfig={self.kubeconfig}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={kcm_port}",
+                *_controller_flags(self.kubeconfig, kcm_port),
                 f"--cert-dir={self.workdir / 'kcm-certs'}",
                 f"--controllers={','.join(controllers)}",
-                "--leader-elect=false",
                 "--use-service-account-credentials=false",
                 f"--root-ca-file={ca.cert_file}",
                 "--v=1",
@@ -383,12 +391,7 @@ class ControlPlane:
             "kube-scheduler",
             [
                 str(self.binaries.kube_scheduler),
-                f"--kubeconfig={kubeconfig}",
-                f"--authentication-kubeconfig={kubeconfig}",
-                f"--authorization-kubeconfig={kubeconfig}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={port}",
-                "--leader-elect=false",
+                *_controller_flags(kubeconfig, port),
                 "--v=1",
             ],
         )

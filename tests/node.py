@@ -235,12 +235,17 @@ def host_state() -> dict[str, object]:
     }
 
 
-def _cmdline_has(proc: Path, needles: tuple[str, ...]) -> bool:
+def _argv(proc: Path) -> list[str]:
+    """A process's command line, or nothing once it has gone."""
     try:
-        argv0 = (proc / "cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+        return (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
-        return False
-    return any(Path(argv0).name.startswith(n) for n in needles)
+        return []
+
+
+def _cmdline_has(proc: Path, needles: tuple[str, ...]) -> bool:
+    argv = _argv(proc)
+    return bool(argv) and any(Path(argv[0]).name.startswith(n) for n in needles)
 
 
 @dataclass
@@ -608,10 +613,7 @@ def remove_leftovers() -> None:
 
 
 def _shim_of_ours(proc: Path) -> bool:
-    try:
-        argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return False
+    argv = _argv(proc)
     return (
         bool(argv) and Path(argv[0]).name.startswith("containerd-shim") and str(STATE_DIR) in " ".join(argv)
     )

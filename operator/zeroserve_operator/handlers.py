@@ -234,16 +234,9 @@ async def _close_gap(
         logger.info(message)
         kopf.info(dict(body), reason=f"KnativeService{verb}", message=message)
     failure = None
-    if status.readiness(previous) != "true" or not _knative_ready(actual):
+    if status.readiness(previous) != "true" or not status.knative_serving(actual):
         failure = await _runtime_failure(api_client, meta["namespace"], meta["name"], logger)
     return Outcome(status.observed_status(spec, generation, actual, previous, failure=failure))
-
-
-def _knative_ready(ksvc: Mapping[str, Any] | None) -> bool:
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in ((ksvc or {}).get("status") or {}).get("conditions") or []
-    )
 
 
 async def _runtime_failure(

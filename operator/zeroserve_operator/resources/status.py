@@ -90,6 +90,11 @@ def merge_conditions(
     )
 
 
+def knative_serving(ksvc: Mapping[str, Any] | None) -> bool:
+    """Knative says the Knative Service is Ready."""
+    return (_knative_ready(ksvc) or {}).get("status") == "True"
+
+
 def _knative_ready(ksvc: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     for c in ((ksvc or {}).get("status") or {}).get("conditions") or []:
         if c.get("type") == "Ready":
