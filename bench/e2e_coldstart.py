@@ -231,10 +231,8 @@ def runtime_phases(plane: ControlPlane, service: str) -> dict[str, float]:
     metrics = plane.kubectl(
         "get", "--raw", f"/api/v1/namespaces/{NAMESPACE}/pods/{got.stdout}:8080/proxy/metrics", check=False
     ).stdout
-    found = {
-        f"runtime-{k}": float(v)
-        for k, v in re.findall(r'^zeroserve_cold_start_seconds\{phase="(\w+)"\} ([0-9.e-]+)$', metrics, re.M)
-    }
+    phase_sums = r'^zeroserve_cold_start_seconds_sum\{[^}]*phase="(\w+)"\} ([0-9.e-]+)$'
+    found = {f"runtime-{k}": float(v) for k, v in re.findall(phase_sums, metrics, re.M)}
     for kind in ("hits", "misses"):
         if m := re.search(rf"^zeroserve_model_cache_{kind}_total\{{[^}}]*\}} ([0-9.]+)$", metrics, re.M):
             found[f"cache-{kind}"] = float(m.group(1))

@@ -144,7 +144,8 @@ def measure_pod(
     watcher.join(60)
     done.set()
     metrics = plane.kubectl("get", "--raw", f"/api/v1/namespaces/{ns}/pods/{name}:8080/proxy/metrics").stdout
-    phases = dict(re.findall(r'^zeroserve_cold_start_seconds\{phase="(\w+)"\} ([0-9.e-]+)$', metrics, re.M))
+    phase_sums = r'^zeroserve_cold_start_seconds_sum\{[^}]*phase="(\w+)"\} ([0-9.e-]+)$'
+    phases = dict(re.findall(phase_sums, metrics, re.M))
     core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
     result = {k: v - t0 for k, v in seen.items()}
     # How long each of the runtime's own phases took (they overlap: the model loads while it imports).

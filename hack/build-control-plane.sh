@@ -2,7 +2,8 @@
 # Builds etcd, kube-apiserver, kube-controller-manager, kubectl and helm from their Go modules at the
 # versions pinned in hack/versions.env, into a cache outside git, and fetches the Knative Serving module
 # whose CRDs the tests install. Binaries whose --version already matches the pin are reused. Also builds
-# the AWS Lambda Runtime Interface Emulator (aws-lambda-rie), which the function tests run under.
+# the AWS Lambda Runtime Interface Emulator (aws-lambda-rie), which the function tests run under, and
+# prometheus and promtool, which check the chart's alert rules and the dashboard's queries.
 #
 #   hack/build-control-plane.sh          build what is missing or stale, print the bin directory
 #   ZEROSERVE_CACHE_DIR=...              where to build (default: ~/.cache/zeroserve)
@@ -188,6 +189,26 @@ module_dir() {
   (cd "$src" && go mod download -json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
 }
 
+# Prometheus and promtool: the observability tests run the real server on loopback and check the chart's
+# rules with promtool. Its go.mod has no replace directives, so `go install` builds it. Without the
+# builtinassets tag the UI is left out; the tests use only the HTTP API. The -X flags are those of
+# Prometheus's .promu.yml, so --version reports the release (the module v0.3XY.Z is release 3.XY.Z).
+build_prometheus() {
+  local release dir
+  dir=$(module_dir "github.com/prometheus/prometheus@$PROMETHEUS_VERSION")
+  release=$(cat "$dir/VERSION")
+  if current prometheus "version $release" --version && current promtool "version $release" --version; then
+    log "prometheus $release ($PROMETHEUS_VERSION): up to date"; return
+  fi
+  log "prometheus $release ($PROMETHEUS_VERSION): building prometheus and promtool"
+  local v=github.com/prometheus/common/version ld
+  ld="-s -w -X $v.Version=$release -X $v.Revision=$PROMETHEUS_VERSION -X $v.Branch=release"
+  ld+=" -X $v.BuildUser=zeroserve -X $v.BuildDate=$(date -u +%Y%m%d-%H:%M:%S)"
+  (cd "$src" && CGO_ENABLED=0 GOBIN="$bin" go install -trimpath -ldflags "$ld" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" \
+    "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION")
+}
+
 # Knative's manifests come from the module cache, never copied into the repo. The serving module's zip
 # drops its symlinks, so the networking CRDs and config-network come from knative.dev/networking and the
 # images CRD from knative.dev/caching, at the versions serving's go.mod pins.
@@ -216,6 +237,7 @@ build_rie
 build_knative
 build_coredns
 build_traefik
+build_prometheus
 fetch_knative
 log "done in $((SECONDS - start))s"
 echo "$bin"

@@ -144,7 +144,8 @@ def test_namespaced_mode_uses_roles_in_the_watched_namespaces(binaries: Binaries
 def test_servicemonitor_behind_its_flag(binaries: Binaries) -> None:
     (monitor,) = by_kind(render(binaries, CHART / "ci" / "servicemonitor-values.yaml"), "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
-    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "interval": "15s"}]
+    # honorLabels: the per-ModelService series keep the ModelService's namespace, not the operator's.
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "interval": "15s", "honorLabels": True}]
 
 
 def test_crd_comes_from_crds_folder_not_a_copy() -> None:

@@ -281,15 +281,19 @@ def test_unknown_model_is_404_and_oversized_body_is_413(models, tmp_path: Path) 
 
 def test_cold_start_is_accounted_by_phase(linear: RuntimeProcess) -> None:
     text = linear.metrics()
-    phases = {
-        m[1]: float(m[2])
-        for m in re.finditer(r'^zeroserve_cold_start_seconds\{phase="(\w+)"\} (\S+)$', text, re.M)
-    }
+    # Observed once per process, so each phase's _sum is this process's figure.
+    sums = r'^zeroserve_cold_start_seconds_sum\{model="linear",phase="(\w+)"\} (\S+)$'
+    phases = {m[1]: float(m[2]) for m in re.finditer(sums, text, re.M)}
     assert set(phases) == {"import", "fetch", "load", "warmup", "total"}
     assert all(0 <= v <= phases["total"] for v in phases.values())
     # Model loading overlaps the import, but each is a part of the way to ready.
     assert phases["fetch"] + phases["load"] + phases["warmup"] < phases["total"]
     assert re.search(r'^zeroserve_model_load_seconds\{model="linear"\} ', text, re.M)
+    # A histogram observed once per process, so Prometheus can sum it across pods that scaled away.
+    counts = re.findall(
+        r'^zeroserve_cold_start_seconds_count\{model="linear",phase="\w+"\} (\S+)$', text, re.M
+    )
+    assert counts == ["1.0"] * 5
 
 
 def test_process_start_is_read_to_the_clock_tick() -> None:

@@ -124,7 +124,8 @@ def test_runtime_pod_answers_tritonclient_like_raw_onnxruntime(
     metrics = node_cluster.kubectl(
         "get", "--raw", f"/api/v1/namespaces/{ns}/pods/{pod['metadata']['name']}:8080/proxy/metrics"
     ).stdout
-    assert re.search(r'^zeroserve_cold_start_seconds\{phase="warmup"\} [0-9.e-]+$', metrics, re.M), metrics
+    warmup = r'^zeroserve_cold_start_seconds_sum\{[^}]*phase="warmup"\} [0-9.e-]+$'
+    assert re.search(warmup, metrics, re.M), metrics
     (status,) = pod["status"]["containerStatuses"]
     assert status["ready"] and status["restartCount"] == 0
 

@@ -1,4 +1,9 @@
-"""The runtime's Prometheus metrics, labelled by model. Knative exports no cold-start metric; we do."""
+"""The runtime's Prometheus metrics, labelled by model. Knative exports no cold-start metric; we do.
+
+Every label has a bounded set of values: `model` is the one model this process serves, `protocol` is
+rest or grpc, `outcome` one of a fixed few, `phase` one of the cold start's five. The README's table
+lists them all; the chart's dashboard and alert rules query them by these names.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# From a warm node's sub-second start to a large model's download on a cold one.
+COLD_START_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 13, 20, 30, 60, 120, 300, 600)
+COLD_START_PHASES = ("import", "fetch", "load", "warmup", "total")
 
 
 class RuntimeMetrics:
@@ -85,10 +93,14 @@ class RuntimeMetrics:
         self.load_seconds = Gauge(
             "zeroserve_model_load_seconds", "Time to create the onnxruntime session.", ["model"], registry=r
         )
-        self.cold_start_seconds = Gauge(
+        # A histogram observed once per process, not a gauge: a gauge vanishes with its pod when the
+        # revision scales to zero, while buckets sum across pods and revisions into quantiles, and each
+        # process's _count of 1 counts cold starts.
+        self.cold_start_seconds = Histogram(
             "zeroserve_cold_start_seconds",
-            "Process start to ready (total), and its phases: import of the server, and fetch, load and "
-            "warmup of the model, which run alongside the import.",
-            ["phase"],
+            "Process start to ready (phase total), and its phases: import of the server, and fetch, load "
+            "and warmup of the model, which run alongside the import. Observed once per process.",
+            ["model", "phase"],
+            buckets=COLD_START_BUCKETS,
             registry=r,
         )

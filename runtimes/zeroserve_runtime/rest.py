@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from zeroserve_runtime.dataplane import DataPlane
 from zeroserve_runtime.errors import InvalidInput, PayloadTooLarge, ServerBusy, ServingError
@@ -71,7 +71,11 @@ class RestApp:
         if endpoint == "server_metadata":
             return self._json(dp.server_metadata())
         if endpoint == "metrics":
-            return 200, generate_latest(self.metrics.registry), {"content-type": CONTENT_TYPE_LATEST}
+            # OpenMetrics when the scraper asks for it: its _created lines let a Prometheus with
+            # created-timestamp-zero-ingestion count the first request and cold start of a new pod.
+            accept = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"accept"), "")
+            encoder, content_type = choose_encoder(accept)
+            return 200, encoder(self.metrics.registry), {"content-type": content_type}
         if endpoint == "repository_index":
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
             ready_only = rest_codec.decode_index_request(

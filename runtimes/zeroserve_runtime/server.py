@@ -120,7 +120,7 @@ class Runtime:
         phases = loader.phases(imported_at, time.time())
         self.dataplane.attach(model, self.batcher, phases["total"])
         for phase, seconds in phases.items():
-            self.metrics.cold_start_seconds.labels(phase).set(seconds)
+            self.metrics.cold_start_seconds.labels(name, phase).observe(seconds)
         # The storage module's own lines come before logging is set up (the model loads alongside the
         # imports), so where the model came from is said here.
         source = {"cache": " (cache hit)", "download": " (downloaded)"}.get(
