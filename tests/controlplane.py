@@ -53,6 +53,8 @@ NODE_CONTROLLERS = [
     "root-ca-certificate-publisher-controller",
     "clusterrole-aggregation-controller",
     "pod-garbage-collector-controller",
+    # Binds PersistentVolumeClaims, such as a ModelService's model cache claim, to their volumes.
+    "persistentvolume-binder-controller",
 ]
 LOG_TAIL_LINES = 40
 

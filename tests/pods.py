@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
 import socket
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import yaml
 from controlplane import ControlPlane
+
+NODE_CACHE_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "model-cache-node.yaml"
+RUNTIME_UID = 1000
 
 # The securityContext every Zeroserve pod runs under; the real kubelet and runc enforce it.
 RESTRICTED = {
@@ -200,3 +210,25 @@ def run_python(
 
     phase = wait_for(finished, within=within, what=f"pod {name} to finish")
     return phase, plane.kubectl("logs", "-n", namespace, name).stdout
+
+
+@contextmanager
+def node_model_cache(plane: ControlPlane, namespace: str) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """The README's node-local model cache (examples/model-cache-node.yaml) in `namespace`: its
+    PersistentVolume and claim, on a folder of this node prepared as the example says. Yields the folder
+    and the example's `spec.model.cache`; removes the volume and the folder afterwards."""
+    pv, pvc, ms = yaml.safe_load_all(NODE_CACHE_EXAMPLE.read_text())
+    folder = Path(tempfile.mkdtemp(prefix="zeroserve-model-cache-", dir="/var/tmp"))
+    os.chown(folder, RUNTIME_UID, RUNTIME_UID)
+    folder.chmod(0o750)
+    pv["metadata"]["name"] = f"zeroserve-model-cache-{namespace}"
+    pv["spec"]["hostPath"]["path"] = str(folder)
+    pv["spec"]["claimRef"]["namespace"] = pvc["metadata"]["namespace"] = namespace
+    pvc["spec"]["volumeName"] = pv["metadata"]["name"]
+    plane.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in (pv, pvc)))
+    try:
+        yield folder, ms["spec"]["model"]["cache"]
+    finally:
+        plane.kubectl("delete", "pvc", pvc["metadata"]["name"], "-n", namespace, "--wait=false", check=False)
+        plane.kubectl("delete", "pv", pv["metadata"]["name"], "--wait=false", check=False)
+        shutil.rmtree(folder, ignore_errors=True)

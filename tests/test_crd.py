@@ -72,3 +72,14 @@ def test_examples_are_valid_modelservices(path: Path) -> None:
 def test_examples_cover_cpu_and_gpu() -> None:
     specs = [api.ModelService.model_validate(yaml.safe_load(p.read_text())).spec for p in EXAMPLES]
     assert {s.resources.gpu is not None for s in specs} == {True, False}
+
+
+def test_the_node_cache_example_is_a_valid_modelservice_with_its_claim() -> None:
+    pv, pvc, doc = yaml.safe_load_all((EXAMPLES[0].parent / "model-cache-node.yaml").read_text())
+    ms = api.ModelService.model_validate(doc)
+    assert ms.spec.model.cache is not None and ms.spec.model.cache.claim_name == pvc["metadata"]["name"]
+    assert pv["spec"]["claimRef"] == {
+        "namespace": pvc["metadata"]["namespace"],
+        "name": pvc["metadata"]["name"],
+    }
+    assert doc["metadata"]["namespace"] == pvc["metadata"]["namespace"]

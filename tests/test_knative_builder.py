@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from zeroserve_operator.resources.knative import build_knative_service
+from zeroserve_operator.resources.status import required_features
 from zeroserve_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings(
@@ -190,6 +191,31 @@ def test_pvc_model_is_mounted_read_only_and_read_as_a_file() -> None:
     mount = next(m for m in container(ksvc)["volumeMounts"] if m["name"] == "model-pvc")
     assert mount["readOnly"] is True
     assert env(ksvc)["ZEROSERVE_MODEL_URI"] == f"file://{mount['mountPath']}/vision/mobilenet.onnx"
+
+
+def test_a_cache_claim_replaces_the_pods_own_cache_and_is_writable() -> None:
+    model = {"uri": "https://models.example/m.onnx", "sha256": "a" * 64}
+    own = {v["name"]: v for v in template(build({"model": model}))["spec"]["volumes"]}
+    assert own["model-cache"] == {"name": "model-cache", "emptyDir": {}}
+    ksvc = build({"model": {**model, "cache": {"claimName": "model-cache"}}})
+    volumes = {v["name"]: v for v in template(ksvc)["spec"]["volumes"]}
+    # Not readOnly: the first replica to download the model leaves it there for the next cold start.
+    assert volumes["model-cache"]["persistentVolumeClaim"] == {"claimName": "model-cache"}
+    mount = next(m for m in container(ksvc)["volumeMounts"] if m["name"] == "model-cache")
+    assert mount["mountPath"] == env(ksvc)["ZEROSERVE_CACHE_DIR"] and not mount.get("readOnly")
+    assert env(ksvc)["ZEROSERVE_MODEL_SHA256"] == "a" * 64
+
+
+def test_the_knative_flags_a_spec_needs_are_named() -> None:
+    assert required_features(build(CPU)) == ["kubernetes.podspec-volumes-emptydir"]
+    pvc_model = build({"model": {"uri": "pvc://models-claim/m.onnx"}})
+    assert "kubernetes.podspec-persistent-volume-claim" in required_features(pvc_model)
+    assert "kubernetes.podspec-persistent-volume-write" not in required_features(pvc_model)
+    cached = {"uri": "https://models.example/m.onnx", "sha256": "a" * 64, "cache": {"claimName": "c"}}
+    assert {
+        "kubernetes.podspec-persistent-volume-claim",
+        "kubernetes.podspec-persistent-volume-write",
+    } <= set(required_features(build({"model": cached})))
 
 
 def test_secrets_reach_the_container_by_reference_only() -> None:

@@ -1,11 +1,12 @@
-"""The runtime's model cache keyed by SHA-256, as a node-wide hostPath shares it between pods: real files,
-a real loopback HTTP server that counts what it serves, and real processes racing for one cache folder."""
+"""The runtime's model cache keyed by SHA-256, as a ModelService's cache claim shares it between pods: real
+files, a real loopback HTTP server that counts what it serves, and real processes racing for one folder."""
 
 from __future__ import annotations
 
 import hashlib
 import http.server
 import multiprocessing
+import os
 import re
 import threading
 import time
@@ -177,7 +178,7 @@ def _counter(text: str, name: str) -> float:
 def test_the_runtime_reports_a_hit_on_its_second_cold_start(
     served: tuple[ModelSource, str], tmp_path: Path
 ) -> None:
-    """Two runtime processes one after the other on one cache folder, as two pods on a node's hostPath:
+    """Two runtime processes one after the other on one cache folder, as two pods on a cache claim:
     the second one's model never crosses the network, and its metrics say so."""
     source, digest = served
     # RuntimeProcess keeps its cache beside its log: one folder, so one cache.
@@ -195,3 +196,41 @@ def test_the_runtime_reports_a_hit_on_its_second_cold_start(
         assert _counter(text, "zeroserve_model_cache_misses_total") == 0
     assert source.requests == ["/linear.onnx"]
     assert "(cache hit)" in second.log(), second.log()
+
+
+def _fetch_as_uid_1000(uri: str, cache: str, digest: str, said: multiprocessing.SimpleQueue) -> None:
+    # Forked, not exec'd: the interpreter may live where uid 1000 cannot read (under /root).
+    os.setgid(1000)
+    os.setuid(1000)
+    try:
+        fetch(uri, Path(cache), digest)
+        said.put("fetched")
+    except ModelLoadError as e:
+        said.put(f"ModelLoadError: {e}")
+    except BaseException as e:
+        said.put(f"{type(e).__name__}: {e}")
+
+
+def test_a_cache_the_runtimes_user_cannot_write_is_named_in_the_error(
+    served: tuple[ModelSource, str], tmp_path: Path
+) -> None:
+    """A shared volume left owned by root, as a hostPath PersistentVolume is unless prepared: the runtime's
+    user (1000, as in its pods) gets an error naming the folder and the user, which becomes the
+    ModelService's RuntimeFailed message, not a traceback."""
+    assert os.geteuid() == 0, "this test runs a process as uid 1000 and so needs root"
+    source, digest = served
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o755)
+    tmp_path.chmod(0o755)
+    context = multiprocessing.get_context("fork")
+    said = context.SimpleQueue()
+    child = context.Process(
+        target=_fetch_as_uid_1000, args=(f"{source.url}/linear.onnx", str(cache), digest, said)
+    )
+    child.start()
+    child.join(60)
+    message = said.get()
+    assert message.startswith(
+        f"ModelLoadError: cannot use the model cache {cache} as uid 1000: Permission denied"
+    ), message
+    assert source.requests == [], "it downloaded with nowhere to keep the file"

@@ -72,6 +72,13 @@ INVALID = [
     ),
     ("format not onnx", with_("model.format", "savedmodel"), "spec.model.format"),
     ("pvc without path", with_("model.uri", "pvc://claim"), "spec.model.uri"),
+    ("cache without sha256", with_("model.cache", {"claimName": "models"}), "spec.model.cache"),
+    (
+        "cache of a pvc model",
+        with_("model", {"uri": "pvc://claim/m.onnx", "sha256": "a" * 64, "cache": {"claimName": "models"}}),
+        "spec.model.cache",
+    ),
+    ("cache claim not a name", with_("model.cache", {"claimName": "Models/x"}), "spec.model.cache.claimName"),
     ("threads on triton", with_("runtime", {"name": "triton", "threads": 4}), "spec.runtime.threads"),
     (
         "parallel inferences on triton",

@@ -6,6 +6,7 @@ scales to zero, and answers cold through the activator."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ import yaml
 from controlplane import ControlPlane
 from knative import DOMAIN, TRAEFIK_NAMESPACE, set_features
 from modelhost import SHARED_MODELS, serve_models, sha256_of
-from pods import apply, pods, run_python, service_address, wait_for
+from pods import apply, node_model_cache, pods, run_python, service_address, wait_for
 from release import install_operator, uninstall
 from zeroserve_operator.resources.knative import build_knative_service
 from zeroserve_operator.settings import OperatorSettings
@@ -312,6 +313,69 @@ def test_a_model_that_cannot_load_gives_the_runtimes_reason_in_a_condition(
     assert ready["reason"] == "RuntimeFailed" and expected in ready["message"], ready
     events = plane.kubectl("get", "events", "-n", ns, "--field-selector", "reason=RuntimeFailed").stdout
     assert "broken" in events, events
+
+
+def cache_counters(plane: ControlPlane, ns: str, service: str) -> dict[str, float]:
+    """The model-cache counters of the service's one live pod, from its /metrics through the API server."""
+    (pod,) = [
+        p
+        for p in pods(plane, ns, f"serving.knative.dev/service={service}")
+        if "deletionTimestamp" not in p["metadata"]
+    ]
+    name = pod["metadata"]["name"]
+    text = plane.kubectl("get", "--raw", f"/api/v1/namespaces/{ns}/pods/{name}:8080/proxy/metrics").stdout
+    return {
+        kind: float(m[1])
+        for kind in ("hits", "misses")
+        if (m := re.search(rf"^zeroserve_model_cache_{kind}_total\{{[^}}]*\}} (\S+)$", text, re.M))
+    }
+
+
+def test_a_node_cache_claim_keeps_the_model_for_the_next_cold_start(
+    knative_cluster: ControlPlane, operator: str, ns: str, model_url: str
+) -> None:
+    """spec.model.cache: the first replica downloads the model into the claim, and the cold start after
+    scale to zero loads it from there without a download. A claim that does not exist is named in the
+    ModelService's condition at once, not at Knative's progress deadline."""
+    plane = knative_cluster
+    set_features(plane, persistent_volume_claim="enabled", persistent_volume_write="enabled")
+    try:
+        apply(plane, ns, [modelservice("nocache", model_url, model={"cache": {"claimName": "absent"}})])
+
+        def unschedulable() -> dict[str, Any] | None:
+            ready = conditions(plane.get_json("modelservice", "nocache", "-n", ns)).get("Ready", {})
+            return ready if ready.get("reason") == "Unschedulable" else None
+
+        ready = wait_for(unschedulable, within=90, what="Ready=False, Unschedulable", interval=1)
+        assert 'persistentvolumeclaim "absent" not found' in ready["message"], ready
+        plane.kubectl("delete", "modelservice", "nocache", "-n", ns, "--wait=false")
+
+        with node_model_cache(plane, ns) as (folder, cache):
+            apply(plane, ns, [modelservice("cached", model_url, model={"cache": cache})])
+            ms = wait_for(
+                lambda: modelservice_ready(plane, ns, "cached"), within=180, what="the ModelService Ready"
+            )
+            kept = folder / "sha256" / sha256_of(MODEL) / MODEL.name
+            assert kept.is_file() and sha256_of(kept) == sha256_of(MODEL), sorted(folder.rglob("*"))
+            assert kept.stat().st_uid == 1000
+            assert cache_counters(plane, ns, "cached") == {"hits": 0, "misses": 1}
+
+            wait_for(
+                lambda: not pods(plane, ns, "serving.knative.dev/service=cached"),
+                within=180,
+                what="zero replicas",
+                interval=1,
+            )
+            x = np.random.default_rng(5).standard_normal((1, 3, 224, 224), dtype=np.float32)
+            status, headers, body = Ingress(plane).post(
+                urlparse(ms["status"]["url"]).hostname or "", "/v2/models/cached/infer", infer_body(x)
+            )
+            assert status == 200, body[:500]
+            assert headers.get("x-zeroserve-cold-start") == "1", headers
+            assert cache_counters(plane, ns, "cached") == {"hits": 1, "misses": 0}
+            plane.kubectl("delete", "modelservice", "--all", "-n", ns, "--wait=true")
+    finally:
+        set_features(plane, persistent_volume_claim="disabled", persistent_volume_write="disabled")
 
 
 def dry_run(plane: ControlPlane, ns: str, obj: dict[str, Any]) -> subprocess.CompletedProcess[str]:

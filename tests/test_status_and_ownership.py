@@ -170,6 +170,31 @@ def test_healthy_starting_or_other_containers_are_not_failures() -> None:
         assert status.runtime_failure([p], "runtime") is None
 
 
+def test_a_pod_the_scheduler_cannot_place_is_reported_with_its_reason() -> None:
+    said = '0/1 nodes are available: persistentvolumeclaim "model-cache" not found.'
+    pending = {
+        "metadata": {"name": "m-00001-deployment-x"},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": said}
+            ],
+        },
+    }
+    assert status.runtime_failure([pending], "runtime") == ("Unschedulable", said)
+    # A crash says more than a pending sibling does; a pod on its way out says nothing.
+    assert status.runtime_failure([pending, pod(crashed(1, "boom"))], "runtime")[0] == "RuntimeFailed"  # type: ignore[index]
+    assert (
+        status.runtime_failure([{**pending, "metadata": {"name": "x", "deletionTimestamp": "t"}}], "runtime")
+        is None
+    )
+    scheduled = {
+        "metadata": {"name": "y"},
+        "status": {"conditions": [{"type": "PodScheduled", "status": "True"}]},
+    }
+    assert status.runtime_failure([scheduled], "runtime") is None
+
+
 def test_a_runtime_failure_makes_a_not_ready_service_say_why() -> None:
     failure = ("RuntimeFailed", "The runtime exited with code 1 (2 restarts): refusing to serve it")
     st = status.observed_status(SPEC, 1, ksvc(ready="Unknown"), None, failure=failure)

@@ -63,7 +63,34 @@ class SecretRef(_Spec):
     )
 
 
+class ModelCache(_Spec):
+    claim_name: str = Field(
+        alias="claimName",
+        pattern=DNS_LABEL,
+        max_length=253,
+        description="PersistentVolumeClaim in the ModelService's namespace, writable by UID 1000, that "
+        "replicas share as their model cache, keyed by SHA-256. A hostPath PersistentVolume with "
+        "ReadWriteMany makes it a cache per node; a ReadWriteMany network volume, one per cluster. Needs "
+        "Knative's kubernetes.podspec-persistent-volume-claim and "
+        "kubernetes.podspec-persistent-volume-write.",
+    )
+
+
 class ModelSource(_Spec):
+    model_config = validations(
+        cel(
+            "!has(self.cache) || has(self.sha256)",
+            "model.cache needs model.sha256: a shared cache is trusted only as far as the digest it is "
+            "checked against",
+            ".cache",
+        ),
+        cel(
+            "!has(self.cache) || self.uri.matches('^(https?|s3|gs)://')",
+            "model.cache is for downloaded models (http, https, s3, gs): a local or pvc:// model is read "
+            "where it is",
+            ".cache",
+        ),
+    )
     uri: str = Field(
         description=(
             "Where the model comes from: file:///path or /path inside the image, http(s)://, s3://, gs://, "
@@ -85,6 +112,11 @@ class ModelSource(_Spec):
         description="Secret whose keys become the runtime's environment, for storage credentials (for "
         "example AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for s3://; for gs://, use a serviceAccountName "
         "with Workload Identity). Its values are never logged or copied into status.",
+    )
+    cache: ModelCache | None = Field(
+        default=None,
+        description="Where replicas keep the downloaded model. Without it each replica downloads into a "
+        "volume of its own, on every cold start.",
     )
 
 

@@ -1,9 +1,9 @@
 """Fetching the model file: a local path, file://, http(s)://, s3:// or gs://, into a cache directory,
 verified against an expected SHA-256.
 
-With a SHA-256 the cache is keyed by it, so the folder can be shared by every pod of a node (the
-operator's opt-in hostPath): a model any of them fetched is found by the next cold start, from whatever
-URI. Sharing is why nothing in the folder is trusted: each use re-hashes the file, and downloads are
+With a SHA-256 the cache is keyed by it, so the folder can be shared by every pod of a node or cluster
+(a ModelService's `model.cache` claim): a model any of them fetched is found by the next cold start, from
+whatever URI. Sharing is why nothing in the folder is trusted: each use re-hashes the file, and downloads are
 written beside their final name and renamed into place, so no pod ever reads another's half download.
 """
 
@@ -126,7 +126,7 @@ def cache_entry(uri: str, cache_dir: Path, sha256: str | None) -> Path:
 
 def _verified_copy(entry: Path, sha256: str) -> Path | None:
     """A file in the digest's folder whose bytes have the digest, else None. Every candidate is hashed
-    on every use: the folder may be shared with other pods on the node (a hostPath), so what it holds
+    on every use: the folder may be shared with other pods (a ModelService's cache claim), so what it holds
     is trusted only as far as its digest. Another URI's name for the same bytes is as good as ours. A
     copy that fails is left alone, not deleted: another pod may be about to load a good one renamed over
     it, and ours is replaced by the download's rename anyway."""
@@ -147,7 +147,7 @@ def _cached(entry: Path, sha256: str | None) -> Path | None:
     if sha256 is not None:
         return _verified_copy(entry, sha256)
     # Without a digest there is nothing to check a copy against, so this must be the pod's own folder:
-    # the operator mounts a node's shared cache only for models with a digest.
+    # the API server takes a shared cache claim only for models with a digest.
     return entry if entry.is_file() else None
 
 
@@ -196,16 +196,24 @@ def fetch(uri: str, cache_dir: Path, sha256: str | None = None) -> Fetched:
     if parsed.scheme not in FETCHERS:
         raise ModelLoadError(f"unsupported model URI scheme '{parsed.scheme}' in {redact(uri)}")
     entry = cache_entry(uri, cache_dir, digest)
-    # Looked for without the lock: a file under its final name is always whole (downloads are renamed
-    # into place), and pods that find the model should not queue behind one that is downloading.
-    cached = _cached(entry, digest)
-    if cached is None:
-        with _exclusive(entry.parent):
-            # Another pod may have downloaded it while this one waited for the lock.
-            cached = _cached(entry, digest)
-            if cached is None:
-                log.info("model %s: not in the cache, fetching it", redact(uri))
-                _download(uri, parsed.scheme, entry, digest)
-                return Fetched(entry, "download")
+    try:
+        # Looked for without the lock: a file under its final name is always whole (downloads are renamed
+        # into place), and pods that find the model should not queue behind one that is downloading.
+        cached = _cached(entry, digest)
+        if cached is None:
+            with _exclusive(entry.parent):
+                # Another pod may have downloaded it while this one waited for the lock.
+                cached = _cached(entry, digest)
+                if cached is None:
+                    log.info("model %s: not in the cache, fetching it", redact(uri))
+                    _download(uri, parsed.scheme, entry, digest)
+                    return Fetched(entry, "download")
+    except OSError as e:
+        # Network failures are ModelLoadErrors by now; this is the cache folder itself, most often a
+        # shared volume nobody made writable for the runtime's user.
+        raise ModelLoadError(
+            f"cannot use the model cache {cache_dir} as uid {os.getuid()}: {e.strerror or e} "
+            f"({e.filename}); it must be a folder this user can write"
+        ) from e
     log.info("model %s: cache hit, %s", redact(uri), cached)
     return Fetched(cached, "cache")

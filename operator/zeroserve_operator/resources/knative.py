@@ -9,6 +9,7 @@ import kopf
 
 from zeroserve_operator.api import ModelServiceSpec
 from zeroserve_operator.ownership import stamp
+from zeroserve_operator.resources.scraping import scrape_annotations
 from zeroserve_operator.settings import OperatorSettings
 
 KNATIVE_API_VERSION = "serving.knative.dev/v1"
@@ -192,6 +193,14 @@ def pod_placement(spec: ModelServiceSpec, settings: OperatorSettings) -> dict[st
     return placement
 
 
+def model_cache_volume(spec: ModelServiceSpec) -> dict[str, Any]:
+    """The runtime's cache folder: the ModelService's shared claim, mounted writable so that the first
+    replica to download a model leaves it for the next cold start, or else an emptyDir of the pod's own."""
+    if spec.model.cache is None:
+        return {"name": "model-cache", "emptyDir": {}}
+    return {"name": "model-cache", "persistentVolumeClaim": {"claimName": spec.model.cache.claim_name}}
+
+
 def build_knative_service(body: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
     """The desired Knative Service for a ModelService `body` (as the API server returns it)."""
     spec = ModelServiceSpec.model_validate(body["spec"])
@@ -202,7 +211,7 @@ def build_knative_service(body: Mapping[str, Any], settings: OperatorSettings) -
         "enableServiceLinks": False,
         "containers": [runtime_container(name, spec, settings)],
         "volumes": [
-            {"name": "model-cache", "emptyDir": {}},
+            model_cache_volume(spec),
             {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
         ],
         **pod_placement(spec, settings),
@@ -231,7 +240,10 @@ def build_knative_service(body: Mapping[str, Any], settings: OperatorSettings) -
             "template": {
                 "metadata": {
                     "labels": dict(pod_labels),
-                    "annotations": autoscaling_annotations(spec, settings),
+                    "annotations": {
+                        **autoscaling_annotations(spec, settings),
+                        **scrape_annotations(HTTP_PORT),
+                    },
                 },
                 "spec": template_spec,
             }

@@ -19,6 +19,7 @@ FEATURE_DEFAULTS = {
     "kubernetes.podspec-nodeselector": "disabled",
     "kubernetes.podspec-tolerations": "disabled",
     "kubernetes.podspec-persistent-volume-claim": "disabled",
+    "kubernetes.podspec-persistent-volume-write": "disabled",
 }
 # nodeSelector and tolerations pass when a flag is "allowed" too; PVCs need exactly "enabled".
 FEATURE_ACCEPTS = {
@@ -26,6 +27,7 @@ FEATURE_ACCEPTS = {
     "kubernetes.podspec-nodeselector": {"enabled", "allowed"},
     "kubernetes.podspec-tolerations": {"enabled", "allowed"},
     "kubernetes.podspec-persistent-volume-claim": {"enabled"},
+    "kubernetes.podspec-persistent-volume-write": {"enabled"},
 }
 
 
@@ -43,8 +45,11 @@ def required_features(ksvc: Mapping[str, Any]) -> list[str]:
         needed.append("kubernetes.podspec-nodeselector")
     if pod.get("tolerations"):
         needed.append("kubernetes.podspec-tolerations")
-    if any("persistentVolumeClaim" in v for v in pod.get("volumes", [])):
+    claims = [v["persistentVolumeClaim"] for v in pod.get("volumes", []) if "persistentVolumeClaim" in v]
+    if claims:
         needed.append("kubernetes.podspec-persistent-volume-claim")
+    if any(not claim.get("readOnly", False) for claim in claims):
+        needed.append("kubernetes.podspec-persistent-volume-write")
     return needed
 
 
@@ -201,6 +206,25 @@ def runtime_failure(pods: Sequence[Mapping[str, Any]], container: str) -> tuple[
                     f"The runtime exited with code {terminated['exitCode']} "
                     f"({status.get('restartCount', 0)} restarts)" + (f": {said}" if said else "."),
                 )
+    return _unschedulable(pods)
+
+
+def _unschedulable(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
+    """The scheduler's reason a pod cannot be placed (a model cache claim that does not exist, no GPU node
+    free), which Knative reports only at the progress deadline. Only while the service is not ready, so
+    a scale-up waiting for a new node does not mark a serving ModelService down."""
+    for pod in pods:
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if (
+                c.get("type") == "PodScheduled"
+                and c.get("status") == "False"
+                and c.get("reason") == "Unschedulable"
+            ):
+                return "Unschedulable", (c.get("message") or "The scheduler cannot place the pod.")[
+                    :MESSAGE_TAIL
+                ]
     return None
 
 
