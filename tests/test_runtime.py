@@ -270,6 +270,31 @@ def test_bad_requests_get_a_4xx_naming_the_problem(
     assert post(linear, infer_body())[0] == 200  # still healthy
 
 
+def test_large_json_bodies_flat_or_nested_answer_as_binary_and_bad_ones_get_a_4xx(
+    linear: RuntimeProcess,
+) -> None:
+    """Bodies this large take the typed JSON decoder (json_tensors), not orjson's Python numbers."""
+    x = np.random.default_rng(3).standard_normal((300, 4)).astype(np.float32)
+    expected = http_infer(linear, {"x": x}, binary=True).as_numpy("y")
+    for data in (x.ravel().tolist(), x.tolist()):
+        status, payload, _ = post(linear, infer_body(shape=[300, 4], data=data))
+        assert status == 200, payload
+        y = json.loads(payload)["outputs"][0]
+        np.testing.assert_array_equal(np.array(y["data"], np.float32).reshape(y["shape"]), expected)
+    rows = x.tolist()
+    for data, message in (
+        ([*rows[:-1], rows[-1][:3]], "ragged"),
+        ([*rows[:-1], [*rows[-1][:3], [rows[-1][3]]]], "ragged"),
+        ([*rows[:-1], ["a", 1, 2, 3]], "must be numeric"),
+        (rows[:-1], "needs 1200 values, got 1196"),
+    ):
+        status, payload, _ = post(linear, infer_body(shape=[300, 4], data=data))
+        assert status == 400 and message in json.loads(payload)["error"], payload
+    nan = infer_body(shape=[300, 4], data=x.ravel().tolist()).replace(b"]}]}", b", NaN]}]}")
+    status, payload, _ = post(linear, nan)
+    assert status == 400 and "not valid JSON" in json.loads(payload)["error"]
+
+
 def test_unknown_model_is_404_and_oversized_body_is_413(models, tmp_path: Path) -> None:
     with RuntimeProcess(models["linear"], tmp_path / "log", name="linear", max_request_bytes=4096) as proc:
         status, payload, _ = post(proc, infer_body(), path="/v2/models/resnet/infer")

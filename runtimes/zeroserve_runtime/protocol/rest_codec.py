@@ -1,5 +1,8 @@
 """REST bodies of the Open Inference Protocol v2: JSON tensors (flat or nested) and Triton's binary
-tensor data extension (`Inference-Header-Content-Length`, `binary_data_size`, binary outputs)."""
+tensor data extension (`Inference-Header-Content-Length`, `binary_data_size`, binary outputs).
+
+A request's JSON is read by json_tensors, which decodes numeric `data` straight into arrays; what it
+declines, orjson and tensors.from_json_data decode (and refuse, with their messages) as the reference."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import numpy as np
 import orjson
 
 from zeroserve_runtime.errors import InvalidInput
+from zeroserve_runtime.protocol import json_tensors
 from zeroserve_runtime.protocol.tensors import (
     NUMPY_TO_DATATYPE,
     InferRequest,
@@ -18,6 +22,7 @@ from zeroserve_runtime.protocol.tensors import (
     from_buffer,
     from_json_data,
     numpy_dtype,
+    shaped,
 )
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -60,7 +65,10 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
                 f"Inference-Header-Content-Length {header_end} is beyond the body ({len(body)} bytes)"
             )
     view = memoryview(body)
-    header = _json_object(view[:header_end], "the request")
+    raw = body if header_end == len(body) else bytes(view[:header_end])
+    header = json_tensors.parse_request(raw) if len(raw) >= json_tensors.TYPED_FROM_BYTES else None
+    if header is None:
+        header = _json_object(raw, "the request")
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("the request must have a non-empty 'inputs' list")
@@ -91,8 +99,10 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
                 )
             inputs[name] = from_buffer(view, offset, size, dtype, shape, name)
             offset += size
+        elif isinstance(data := item.get("data"), json_tensors.FlatData):
+            inputs[name] = shaped(data.values, shape, name)
         elif "data" in item:
-            inputs[name] = from_json_data(item["data"], dtype, shape, name)
+            inputs[name] = from_json_data(data, dtype, shape, name)
         else:
             raise InvalidInput(f"input '{name}' has neither 'data' nor binary_data_size")
         datatypes[name] = item["datatype"]

@@ -142,12 +142,17 @@ def from_json_data(data: object, dtype: np.dtype, shape: tuple[int, ...], name: 
         raise InvalidInput(f"input '{name}': data must be numeric, got {array.dtype.name} values")
     if dtype.kind in "iu" and kind == "f" and array.size:
         raise InvalidInput(f"input '{name}': {NUMPY_TO_DATATYPE[dtype]} data must be integers")
-    if dtype.kind in "iu" and array.size:
+    if dtype.kind in "iu" and kind in "iu" and array.size:  # true/false fit every integer type
         info = np.iinfo(dtype)
         if array.min() < info.min or array.max() > info.max:
             raise InvalidInput(f"input '{name}': values out of range for {NUMPY_TO_DATATYPE[dtype]}")
-    if array.size != element_count(shape):
+    return shaped(array.astype(dtype, copy=False), shape, name)
+
+
+def shaped(values: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """JSON `data` values, already in their datatype, as an array of `shape`."""
+    if values.size != element_count(shape):
         raise InvalidInput(
-            f"input '{name}': shape {list(shape)} needs {element_count(shape)} values, got {array.size}"
+            f"input '{name}': shape {list(shape)} needs {element_count(shape)} values, got {values.size}"
         )
-    return array.astype(dtype, copy=False).reshape(shape)
+    return values.reshape(shape)
