@@ -1,8 +1,9 @@
 """The runtime's Prometheus metrics, labelled by model. Knative exports no cold-start metric; we do.
 
 Every label has a bounded set of values: `model` is the one model this process serves, `protocol` is
-rest or grpc, `outcome` one of a fixed few, `phase` one of the cold start's five. The README's table
-lists them all; the chart's dashboard and alert rules query them by these names.
+rest or grpc, `outcome` one of a fixed few, `phase` one of the cold start's five, `provider` the one
+execution provider the session runs on. The README's table lists them all; the chart's dashboard and
+alert rules query them by these names.
 """
 
 from __future__ import annotations
@@ -92,6 +93,15 @@ class RuntimeMetrics:
         )
         self.load_seconds = Gauge(
             "zeroserve_model_load_seconds", "Time to create the onnxruntime session.", ["model"], registry=r
+        )
+        # Info-style (always 1, the value is in the label), so `sum by (provider)` counts the replicas on
+        # each: with CPU fallback allowed, which one a replica got is decided by its node.
+        self.execution_provider = Gauge(
+            "zeroserve_execution_provider",
+            "1 for the onnxruntime execution provider this process's session runs on (CUDAExecutionProvider "
+            "or CPUExecutionProvider).",
+            ["model", "provider"],
+            registry=r,
         )
         # A histogram observed once per process, not a gauge: a gauge vanishes with its pod when the
         # revision scales to zero, while buckets sum across pods and revisions into quantiles, and each

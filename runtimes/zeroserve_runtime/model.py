@@ -46,27 +46,74 @@ def _spec(arg: ort.NodeArg) -> TensorSpec:
     return TensorSpec(arg.name, datatype, shape)
 
 
-def execution_providers(device: str) -> list[str]:
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+# Said wherever the runtime refuses a GPU it cannot have, so the fix is in the message.
+FALLBACK_HINT = (
+    "run the GPU image (onnxruntime-gpu) on a node with the NVIDIA driver and a GPU allotted to the "
+    "container, or allow CPU (--allow-cpu-fallback, ZEROSERVE_ALLOW_CPU_FALLBACK=true; "
+    "resources.gpu.allowCpuFallback in a ModelService)"
+)
+
+
+def _onnxruntime_build() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("onnxruntime-gpu", "onnxruntime"):
+        try:
+            return f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            continue
+    return f"onnxruntime {ort.__version__}"
+
+
+def execution_providers(device: str, allow_cpu_fallback: bool = False) -> list[str]:
+    """The providers to ask a session for. A GPU asked of an onnxruntime built without CUDA is refused
+    here, before the model is fetched, unless CPU was explicitly allowed: serving on CPU while the
+    ModelService says gpu is the one outcome nobody asked for."""
+    if device != "gpu":
+        return [CPU]
     available = ort.get_available_providers()
-    if device == "gpu" and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+    if CUDA in available:
+        return [CUDA, CPU]
+    if allow_cpu_fallback:
+        return [CPU]
+    raise ModelLoadError(
+        f"--device gpu needs onnxruntime's {CUDA}, but this {_onnxruntime_build()} has only "
+        f"{', '.join(available)}: {FALLBACK_HINT}"
+    )
 
 
 class OnnxModel:
-    def __init__(self, name: str, path: Path, threads: int, device: str = "cpu") -> None:
+    def __init__(
+        self, name: str, path: Path, threads: int, device: str = "cpu", allow_cpu_fallback: bool = False
+    ) -> None:
         self.name = name
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        providers = execution_providers(device)
+        providers = execution_providers(device, allow_cpu_fallback)
+        if device == "gpu" and CUDA not in providers:
+            log.warning("--device gpu: %s has no %s; serving on CPU as allowed", _onnxruntime_build(), CUDA)
+        if CUDA in providers and hasattr(ort, "preload_dlls"):
+            # onnxruntime-gpu's CUDA provider finds the CUDA and cuDNN libraries of the nvidia-* wheels
+            # (the GPU image's) only once they are loaded: nothing puts them on the loader's path.
+            ort.preload_dlls()
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own untyped errors for bad files
             raise ModelLoadError(f"onnxruntime cannot load {path}: {e}") from e
         used = self.session.get_providers()[0]
-        if device == "gpu" and used != "CUDAExecutionProvider":
-            log.warning("GPU requested but onnxruntime has no CUDA provider here; running on CPU")
+        if CUDA in providers and used != CUDA:
+            # onnxruntime-gpu lists CUDA whenever it was built with it, and a session whose CUDA provider
+            # fails to start (no driver, no GPU in the container, a missing cuDNN) quietly runs on CPU;
+            # onnxruntime's own error line above says which.
+            if not allow_cpu_fallback:
+                raise ModelLoadError(
+                    f"--device gpu: {_onnxruntime_build()} could not start {CUDA} (its error is logged "
+                    f"above) and the session would run on {used}: {FALLBACK_HINT}"
+                )
+            log.warning("--device gpu: %s did not start; serving on %s as allowed", CUDA, used)
         log.info("model %s: execution provider %s, %d intra-op threads", name, used, threads)
         self.provider = used
         self.inputs = [_spec(i) for i in self.session.get_inputs()]
@@ -136,6 +183,9 @@ class OnnxModel:
             "platform": "onnxruntime_onnx",
             "inputs": [s.metadata() for s in self.inputs],
             "outputs": [s.metadata() for s in self.outputs],
+            # Optional in OIP v2's REST schema (additional properties are allowed, and MLServer sends
+            # the same key); gRPC's ModelMetadataResponse has no field for it.
+            "parameters": {"execution_provider": self.provider},
         }
 
 
@@ -148,11 +198,19 @@ def load_model(
     process. Seconds per phase go into `marks` (fetch, load, warmup); `on_fetched` hears where the file
     came from (a cache hit or a download)."""
     begun = time.time()
+    # Before the fetch: a GPU this onnxruntime cannot use must not wait out a large download to say so.
+    execution_providers(settings.device, settings.allow_cpu_fallback)
     found = fetch(settings.model_uri, settings.cache_dir, settings.model_sha256)
     if on_fetched is not None:
         on_fetched(found)
     fetched = time.time()
-    model = OnnxModel(settings.model_name, found.path, settings.intra_op_threads(), settings.device)
+    model = OnnxModel(
+        settings.model_name,
+        found.path,
+        settings.intra_op_threads(),
+        settings.device,
+        settings.allow_cpu_fallback,
+    )
     loaded = time.time()
     model.warmup()
     if marks is not None:

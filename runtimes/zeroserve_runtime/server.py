@@ -112,6 +112,7 @@ class Runtime:
             self.metrics.cache_hits.labels(name).inc(int(hit))
             self.metrics.cache_misses.labels(name).inc(int(not hit))
         self.metrics.load_seconds.labels(name).set(loader.marks["load"])
+        self.metrics.execution_provider.labels(name, model.provider).set(1)
 
         self.batcher = Batcher(
             model, s.max_batch_size, s.max_queue_delay_ms / 1000, self.metrics, s.parallel_inferences
