@@ -91,6 +91,22 @@ def test_chart_env_is_what_the_operator_settings_read(
     assert settings.gpu_progress_deadline == "2400s"
 
 
+def _operator_env(docs: list[dict]) -> dict[str, str]:
+    (container,) = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+def test_gpu_specs_get_the_gpu_runtime_image_the_chart_names(binaries: Binaries) -> None:
+    defaults = _operator_env(render(binaries))
+    # The chart's default is the operator's own, so an install without values and a bare operator agree.
+    assert defaults["ZEROSERVE_OPERATOR_ONNX_GPU_IMAGE"] == OperatorSettings().onnx_gpu_image
+    assert defaults["ZEROSERVE_OPERATOR_ONNX_GPU_IMAGE"] != defaults["ZEROSERVE_OPERATOR_ONNX_IMAGE"]
+    args = ["template", "zs", str(CHART), "--kube-version", KUBE_VERSION]
+    out = helm(binaries, *args, "--set", "modelServiceDefaults.onnxGpuImage=registry.local/onnx:gpu").stdout
+    env = _operator_env([d for d in yaml.safe_load_all(out) if d])
+    assert env["ZEROSERVE_OPERATOR_ONNX_GPU_IMAGE"] == "registry.local/onnx:gpu"
+
+
 def rules(docs: list[dict]) -> list[tuple[str, str, str]]:
     found = []
     for doc in docs:
@@ -192,6 +208,7 @@ BAD_VALUES = [
     (["--set", "surprise=1"], "surprise"),
     (["--set", "metrics.port=0"], "/metrics/port"),
     (["--set", "modelServiceDefaults.gpu.progressDeadline=soon"], "progressDeadline"),
+    (["--set", "modelServiceDefaults.onnxGpuImage="], "onnxGpuImage"),
     (["--set", "watch.namespaces[0]=Not_A_Namespace"], "namespaces"),
 ]
 

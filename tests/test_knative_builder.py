@@ -290,3 +290,16 @@ def test_cluster_local_visibility_is_knatives_label_on_the_service_only() -> Non
 
 def test_a_failing_runtime_puts_its_last_log_lines_in_the_pod_status() -> None:
     assert container(build(CPU))["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_gpu_specs_run_the_gpu_image_and_fallback_is_passed_only_when_allowed() -> None:
+    settings = SETTINGS.model_copy(update={"onnx_gpu_image": "registry.example/onnx:1-gpu"})
+    gpu = build({**CPU, "resources": {"gpu": {"count": 1}}}, settings)
+    assert container(gpu)["image"] == "registry.example/onnx:1-gpu"
+    assert env(gpu)["ZEROSERVE_DEVICE"] == "gpu" and "ZEROSERVE_ALLOW_CPU_FALLBACK" not in env(gpu)
+    assert container(build(CPU, settings))["image"] == "registry.example/onnx:1"
+    allowed = build({**CPU, "resources": {"gpu": {"count": 1, "allowCpuFallback": True}}}, settings)
+    assert env(allowed)["ZEROSERVE_ALLOW_CPU_FALLBACK"] == "true"
+    assert container(allowed)["image"] == "registry.example/onnx:1-gpu"
+    mine = build({**CPU, "runtime": {"image": "mine/onnx:2"}, "resources": {"gpu": {"count": 1}}}, settings)
+    assert container(mine)["image"] == "mine/onnx:2"

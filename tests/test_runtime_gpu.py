@@ -83,6 +83,7 @@ def test_the_flag_turns_fallback_on_too(models, tmp_path: Path) -> None:
 def test_cpu_device_reports_cpu_in_metadata_and_metric(models, tmp_path: Path) -> None:
     with RuntimeProcess(models["ints"], tmp_path / "log", name="ints") as proc:
         with httpclient.InferenceServerClient(proc.address) as http:
-            assert http.get_model_metadata("ints")["parameters"]["execution_provider"] == "CPUExecutionProvider"
+            meta = http.get_model_metadata("ints")
+        assert meta["parameters"]["execution_provider"] == "CPUExecutionProvider"
         assert _provider_metric(proc) == {"CPUExecutionProvider": 1.0}
         assert "as allowed" not in proc.log()

@@ -203,3 +203,25 @@ def test_a_runtime_failure_makes_a_not_ready_service_say_why() -> None:
     # A service Knative says is serving stays Ready: an old revision answers while a new one fails.
     st = status.observed_status(SPEC, 1, ksvc(), None, failure=failure)
     assert by_type(st)["Ready"]["status"] == "True"
+
+
+def test_execution_provider_is_known_from_the_spec_once_its_revision_is_ready() -> None:
+    def spec(**extra: Any) -> ModelServiceSpec:
+        return ModelServiceSpec.model_validate({"model": {"uri": "s3://b/m.onnx"}, **extra})
+
+    gpu = spec(resources={"gpu": {"count": 1}})
+    fallback = spec(resources={"gpu": {"count": 1, "allowCpuFallback": True}})
+    triton = spec(runtime={"name": "triton"}, resources={"gpu": {"count": 1}})
+    assert status.observed_status(SPEC, 1, ksvc(), None)["executionProvider"] == "CPUExecutionProvider"
+    # A replica that cannot use CUDA exits instead of serving, so a ready GPU revision is on CUDA.
+    assert status.observed_status(gpu, 1, ksvc(), None)["executionProvider"] == "CUDAExecutionProvider"
+    assert status.observed_status(fallback, 1, ksvc(), None)["executionProvider"] == "PerReplica"
+    assert status.observed_status(triton, 1, ksvc(), None)["executionProvider"] is None
+    # A GPU revision that does not come up claims nothing: what still serves is the previous revision.
+    was_cpu = status.observed_status(SPEC, 1, ksvc(), None)
+    failing = status.observed_status(
+        gpu, 2, ksvc(generation=2, observed=2, ready="False"), was_cpu, failure=("RuntimeFailed", "no CUDA")
+    )
+    assert by_type(failing)["Ready"]["status"] == "False"
+    assert failing["executionProvider"] == "CPUExecutionProvider"
+    assert status.observed_status(gpu, 1, ksvc(ready="False"), None)["executionProvider"] is None

@@ -33,6 +33,7 @@ PRINTER_COLUMNS = [
         "priority": 1,
         "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
     },
+    {"name": "Provider", "type": "string", "priority": 1, "jsonPath": ".status.executionProvider"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
