@@ -6,7 +6,8 @@ configuration:
   throughput  2 parallel inferences with 1 intra-op thread each (--parallel-inferences 2 --threads 1)
 Paths:
   raw         onnxruntime session.run in-process (the limit)
-  json-limit  the same ~1 MB JSON body decoded with orjson into numpy and run in-process
+  json-limit  the same ~1 MB JSON body decoded by the runtime's own decoder and run in-process
+  json-orjson the same, decoded as the runtime did before pysimdjson (orjson, numpy from Python floats)
   rest-json   wrk -> zeroserve serve, JSON tensors
   rest-bin    wrk -> zeroserve serve, binary tensor extension
   grpc        h2load -> zeroserve serve, raw_input_contents
@@ -44,6 +45,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from controlplane import free_port
 from runtimeproc import RuntimeProcess, binary_body, shared_model
+from zeroserve_runtime.protocol import rest_codec
 
 THREADS = 2
 
@@ -244,11 +246,14 @@ def efficientnet(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, flo
     image = np.round(np.random.default_rng(0).standard_normal((1, 3, 224, 224)), 3).astype(np.float32)
     jbody = json_body("input", image)
     bbody, hlen = binary_body({"input": image})
-    paths = ("raw", "json-limit", "rest-bin", "grpc", "grpc-floor", "rest-json")
+    paths = ("raw", "json-limit", "json-orjson", "rest-bin", "grpc", "grpc-floor", "rest-json")
     samples = {c: {p: [] for p in paths} for c in CONFIGS}
     sessions = {c: configured_session(model, threads) for c, (_, threads) in CONFIGS.items()}
 
     def json_path(s: ort.InferenceSession) -> None:
+        s.run(None, rest_codec.decode_request(jbody, None).inputs)
+
+    def orjson_path(s: ort.InferenceSession) -> None:
         item = orjson.loads(jbody)["inputs"][0]
         x = np.asarray(item["data"], dtype=np.float32).reshape(item["shape"])
         s.run(None, {"input": x})
@@ -260,6 +265,7 @@ def efficientnet(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, flo
             s, got = sessions[config], samples[config]
             got["raw"].append(parallel_rate(lambda s=s: s.run(None, {"input": image}), parallel, secs))
             got["json-limit"].append(parallel_rate(lambda s=s: json_path(s), parallel, secs))
+            got["json-orjson"].append(parallel_rate(lambda s=s: orjson_path(s), parallel, secs))
             with server(model, tmp / f"effnet-{config}.log", "efficientnet", config) as proc:
                 url = f"{proc.url}/v2/models/efficientnet/infer"
                 bin_headers = {"Inference-Header-Content-Length": str(hlen)}
@@ -335,11 +341,13 @@ def main() -> int:
     names = list(CONFIGS)
     print(f"{'path':<12}" + "".join(f"{f'{c} {CONFIGS[c][0]}x{CONFIGS[c][1]}':>26}" for c in names))
     goals = {"rest-json": ("json-limit", 0.80), "rest-bin": ("raw", 0.85), "grpc": ("raw", 0.85)}
-    for path in ("raw", "json-limit", "rest-json", "rest-bin", "grpc", "grpc-floor"):
+    for path in ("raw", "json-limit", "json-orjson", "rest-json", "rest-bin", "grpc", "grpc-floor"):
         cells = []
         for c in names:
             value = results[c][path]
-            limit = "raw" if path == "grpc-floor" else goals.get(path, (None,))[0]
+            limit = {"grpc-floor": "raw", "json-orjson": "json-limit"}.get(path) or goals.get(path, (None,))[
+                0
+            ]
             share = f" = {value / results[c][limit]:.0%} of {limit}" if limit else ""
             cells.append(f"{value:.0f}/s{share}")
         print(f"{path:<12}" + "".join(f"{cell:>26}" for cell in cells))
