@@ -3,6 +3,8 @@
 #   pause         the pod sandbox: hack/pause/ as a static Go binary in a scratch image
 #   base          Debian bookworm with python3, made by mmdebstrap from Debian's mirror
 #   runtime-onnx  runtimes/onnx/Dockerfile on that base
+#   runtime-onnx-gpu  the same with --build-arg DEVICE=gpu (onnxruntime-gpu, CUDA and cuDNN wheels: several
+#                 GB, so only when named; a machine without a GPU builds it, it cannot run it)
 #   operator      operator/Dockerfile on that base
 #   knative-{controller,webhook,autoscaler,activator,queue}, traefik, coredns
 #                 the static binaries hack/build-control-plane.sh builds, each alone in a scratch image
@@ -11,7 +13,7 @@
 # docker-archive, $cache/images/<name>.tar, for `ctr -n k8s.io images import`, and $cache/images/images.env
 # names them all. Logs go to stderr; images.env is printed on stdout at the end.
 #
-#   hack/build-images.sh [IMAGE...]     build what is missing or stale (default: all of them)
+#   hack/build-images.sh [IMAGE...]     build what is missing or stale (default: all but runtime-onnx-gpu)
 #   ZEROSERVE_CACHE_DIR=...             where to keep them (default: ~/.cache/zeroserve)
 #   ZEROSERVE_DEBIAN_MIRROR=...         Debian mirror for the base (default: http://deb.debian.org/debian)
 set -euo pipefail
@@ -119,7 +121,8 @@ dockerfile_ref() {
 }
 
 build_dockerfile() {
-  local name=$1 ref=$2 trust=() f
+  local name=$1 ref=$2 trust=() args=() f
+  [[ $name == runtime-onnx-gpu ]] && args+=(--build-arg DEVICE=gpu)
   # pip in the RUN steps trusts what pip here trusts: behind a TLS-inspecting proxy PyPI is only reached
   # with this machine's CA bundle and pip.conf. Mounted for the RUN steps only, never in the image.
   for f in /etc/ssl/certs/ca-certificates.crt /etc/pip.conf; do
@@ -128,7 +131,7 @@ build_dockerfile() {
   # chroot isolation: runc needs CAP_SYS_RESOURCE, which a nested machine may not grant. --pull=never:
   # the base is in the store, and nothing is ever pulled.
   bah build --quiet --isolation chroot --pull=never --format docker "${trust[@]}" \
-    --build-arg BASE_IMAGE="$base" -f "$images/context/$name/Dockerfile.zeroserve" -t "$ref" \
+    --build-arg BASE_IMAGE="$base" "${args[@]}" -f "$images/context/$name/Dockerfile.zeroserve" -t "$ref" \
     "$images/context/$name" >/dev/null
 }
 
@@ -183,6 +186,7 @@ write_env() {
   {
     current_archive pause "$pause" && echo "ZEROSERVE_PAUSE_IMAGE=$pause"
     current_archive runtime-onnx "$runtime" && echo "ZEROSERVE_RUNTIME_IMAGE=$runtime"
+    current_archive runtime-onnx-gpu "$runtime_gpu" && echo "ZEROSERVE_RUNTIME_GPU_IMAGE=$runtime_gpu"
     current_archive operator "$operator" && echo "ZEROSERVE_OPERATOR_IMAGE=$operator"
     have_image "$base" && echo "ZEROSERVE_BASE_IMAGE=$base"
     local name key
@@ -205,8 +209,8 @@ wanted=("$@")
 for name in "${wanted[@]}"; do
   case $name in
     pause | knative-* | traefik | coredns) ;;
-    base | runtime-onnx | operator) need mmdebstrap "apt-get install -y mmdebstrap" ;;
-    *) die "unknown image $name (pause, base, runtime-onnx, operator, ${static_images[*]})" ;;
+    base | runtime-onnx | runtime-onnx-gpu | operator) need mmdebstrap "apt-get install -y mmdebstrap" ;;
+    *) die "unknown image $name (pause, base, runtime-onnx, runtime-onnx-gpu, operator, ${static_images[*]})" ;;
   esac
 done
 mkdir -p "$images" "$store"
@@ -214,6 +218,7 @@ mkdir -p "$images" "$store"
 pause=$(pause_ref)
 base=$(base_ref)
 runtime=$(dockerfile_ref runtime-onnx "$root/runtimes/onnx/Dockerfile")
+runtime_gpu=$(dockerfile_ref runtime-onnx-gpu "$root/runtimes/onnx/Dockerfile")
 operator=$(dockerfile_ref operator "$root/operator/Dockerfile")
 # Every static image whose binary is built gets its ref, wanted or not, so images.env keeps naming it.
 declare -A static=()
@@ -241,9 +246,10 @@ for name in "${wanted[@]}"; do
     pause)
       current_archive pause "$pause" || { ensure pause "$pause" build_pause; export_archive pause "$pause"; } ;;
     base) ensure base "$base" build_base ;;
-    runtime-onnx | operator)
+    runtime-onnx | runtime-onnx-gpu | operator)
       ref=$runtime
       [[ $name == operator ]] && ref=$operator
+      [[ $name == runtime-onnx-gpu ]] && ref=$runtime_gpu
       if ! current_archive "$name" "$ref"; then
         ensure base "$base" build_base
         ensure "$name" "$ref" build_dockerfile "$name"
