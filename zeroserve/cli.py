@@ -20,6 +20,7 @@ COMMAND_EXTRAS = {
     "install": "install",
     "uninstall": "install",
     "quickstart": "quickstart",
+    "advise": "advise",
 }
 # Modules that an optional feature of a subcommand imports only when used, with the extra that has them.
 MODULE_EXTRAS = {
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     # only its own component's code (runtimes/onnx/Dockerfile), so an absent one is skipped.
     for module, register in (
         ("zeroserve.quickstart", "add_parser"),
+        ("zeroserve.advise.cli", "add_parser"),
         ("zeroserve_runtime.cli", "add_parser"),
         ("zeroserve_operator.cli", "add_parser"),
         ("zeroserve.install", "add_parsers"),

@@ -1,0 +1,408 @@
+"""A discrete-event simulation of one arrival sequence through each platform's scaling.
+
+Every replica (a Knative pod, a Cloud Run instance, a server) is a single FIFO server: the runtime runs
+one inference at a time by default (parallelInferences 1) and the function handler holds a lock around
+its session, so requests on one replica wait their turn. A request's completion is therefore known when
+it is routed, which keeps the simulation to one pass over the arrivals plus the autoscaler's ticks.
+Service times are drawn from the profile with common random numbers: one uniform per request, shared by
+every configuration, so configurations are compared on the same luck.
+
+Routing is to the replica with the least outstanding work (its busy-until time): an idealised load
+balancer, as Knative's activator with containerConcurrency and Cloud Run's router approximate.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class SimResult:
+    latency_s: np.ndarray  # client side, failures included (their time to failure)
+    ok: np.ndarray
+    cold: np.ndarray  # waited for a cold start
+    wall_s: float
+    starts: int = 0  # replicas / environments started during the run
+    max_replicas: int = 0
+    replica_seconds: float = 0.0  # Knative and always-on: replicas existing, starting ones included
+    busy_s: float = 0.0  # Cloud Run: instance time with a request in it
+    idle_min_s: float = 0.0  # Cloud Run: min instances' idle time
+    billed_s: np.ndarray | None = None  # Lambda: per request duration
+    init_s: np.ndarray | None = None  # Lambda: billed INIT per request
+    on_provisioned: np.ndarray | None = None
+    replicas: list[tuple[float, int]] = field(default_factory=list)  # (t, count) at each change
+
+    @property
+    def successes(self) -> int:
+        return int(self.ok.sum())
+
+    def percentiles_ms(self) -> tuple[float, float]:
+        good = self.latency_s[self.ok]
+        if good.size == 0:
+            return math.inf, math.inf
+        p50, p99 = np.percentile(good, [50, 99])
+        return float(p50) * 1000, float(p99) * 1000
+
+
+def draw(samples: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Service times for each request: the profile's empirical distribution at the quantile `u`."""
+    s = np.sort(np.asarray(samples, dtype=float))
+    return s[np.minimum((u * len(s)).astype(np.int64), len(s) - 1)]
+
+
+def _finish(
+    arr: np.ndarray, comp: list[float], cold: list[bool], overhead_s: float, timeout_s: float, wall: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    latency = np.asarray(comp) - arr + overhead_s
+    ok = latency <= timeout_s
+    latency = np.minimum(latency, timeout_s)
+    wall = max(wall, float(np.max(arr + latency)) if len(arr) else wall)
+    return latency, ok, np.asarray(cold, dtype=bool), wall
+
+
+def simulate_lambda(
+    arr: np.ndarray,
+    svc: np.ndarray,
+    init_s: float,
+    platform_init_s: float,
+    overhead_s: float,
+    provisioned: int,
+    reclaim_s: float,
+    limit: int,
+    timeout_s: float,
+    wall_s: float,
+) -> SimResult:
+    """One request per execution environment. Provisioned environments (initialised before the run,
+    never reclaimed) take a request first; otherwise the most recently freed warm environment, else a new
+    one: a cold start of the platform's own start plus the handler's measured init. An environment idle
+    longer than `reclaim_s` is gone; beyond the concurrency limit a request is throttled (fails)."""
+    n = len(arr)
+    t_list, s_list = arr.tolist(), svc.tolist()
+    comp = [0.0] * n
+    cold = [False] * n
+    ok_throttle = [True] * n
+    billed_init = [0.0] * n
+    on_pc = [False] * n
+    pc_free = [0.0] * provisioned
+    busy: list[float] = []
+    idle: deque[float] = deque()
+    starts = peak = 0
+    push, pop, replace = heapq.heappush, heapq.heappop, heapq.heapreplace
+    cold_total = init_s + platform_init_s
+    for i in range(n):
+        t, s = t_list[i], s_list[i]
+        if provisioned and pc_free[0] <= t:
+            replace(pc_free, t + s)
+            comp[i] = t + s
+            on_pc[i] = True
+            continue
+        while busy and busy[0] <= t:
+            idle.append(pop(busy))
+        cutoff = t - reclaim_s
+        while idle and idle[0] < cutoff:
+            idle.popleft()
+        if idle:
+            idle.pop()
+            end = t + s
+        else:
+            if len(busy) + provisioned >= limit:
+                ok_throttle[i] = False
+                comp[i] = t
+                continue
+            end = t + cold_total + s
+            cold[i] = True
+            billed_init[i] = init_s
+            starts += 1
+        push(busy, end)
+        comp[i] = end
+        if len(busy) + len(idle) > peak:
+            peak = len(busy) + len(idle)
+    latency, ok, cold_a, wall = _finish(arr, comp, cold, overhead_s, timeout_s, wall_s)
+    ok &= np.asarray(ok_throttle)
+    return SimResult(
+        latency,
+        ok,
+        cold_a,
+        wall,
+        starts=starts,
+        max_replicas=peak + provisioned,
+        billed_s=svc.copy(),
+        init_s=np.asarray(billed_init),
+        on_provisioned=np.asarray(on_pc, dtype=bool),
+    )
+
+
+def simulate_cloud_run(
+    arr: np.ndarray,
+    svc: np.ndarray,
+    cold_s: float,
+    overhead_s: float,
+    concurrency: int,
+    min_instances: int,
+    max_instances: int,
+    retention_s: float,
+    pending_timeout_s: float,
+    timeout_s: float,
+    wall_s: float,
+) -> SimResult:
+    """Requests share an instance up to `concurrency`, queued inside it (one inference at a time). With
+    every instance full a new one starts (the request waits for it), up to `max_instances`; beyond that
+    the request waits for the least busy instance and fails after `pending_timeout_s`. An instance idle
+    longer than `retention_s` is gone, except the min instances, which start warm and stay."""
+    n = len(arr)
+    t_list, s_list = arr.tolist(), svc.tolist()
+    comp = [0.0] * n
+    cold = [False] * n
+    failed = [False] * n
+    bu = [0.0] * min_instances  # busy until
+    caps: list[deque[float]] = [deque(maxlen=concurrency) for _ in range(min_instances)]
+    cov = [0.0] * min_instances  # end of billed time so far
+    busy_each = [0.0] * min_instances
+    permanent = [True] * min_instances
+    busy_gone = 0.0
+    starts = 0
+    peak = min_instances
+    replicas = [(0.0, min_instances)]
+    next_sweep = 0.0
+    for i in range(n):
+        t, s = t_list[i], s_list[i]
+        if t >= next_sweep:
+            next_sweep = t + 1.0
+            cutoff = t - retention_s
+            gone = [k for k in range(len(bu)) if not permanent[k] and bu[k] < cutoff]
+            if gone:
+                for k in reversed(gone):
+                    busy_gone += busy_each[k]
+                    for lst in (bu, caps, cov, busy_each, permanent):
+                        del lst[k]
+                replicas.append((t, len(bu)))
+        k = min(range(len(bu)), key=bu.__getitem__) if bu else -1
+        full = k < 0 or (len(caps[k]) == concurrency and caps[k][0] > t)
+        if full and len(bu) < max_instances:
+            ready = t + cold_s
+            bu.append(ready)
+            caps.append(deque(maxlen=concurrency))
+            cov.append(t)
+            busy_each.append(0.0)
+            permanent.append(False)
+            k = len(bu) - 1
+            cold[i] = True
+            starts += 1
+            peak = max(peak, len(bu))
+            replicas.append((t, len(bu)))
+        start = bu[k] if bu[k] > t else t
+        if full and not cold[i] and start - t > pending_timeout_s:
+            failed[i] = True
+            comp[i] = t + pending_timeout_s
+            continue
+        end = start + s
+        bu[k] = end
+        caps[k].append(end)
+        # Request-based billing: the instance is billed while it holds at least one request.
+        busy_each[k] += end - (t if t >= cov[k] else cov[k]) if end > cov[k] else 0.0
+        cov[k] = max(cov[k], end)
+        comp[i] = end
+    latency, ok, cold_a, wall = _finish(arr, comp, cold, overhead_s, timeout_s, wall_s)
+    ok &= ~np.asarray(failed, dtype=bool)
+    busy_s = busy_gone + sum(busy_each)
+    idle_min = sum(max(0.0, wall - b) for b, p in zip(busy_each, permanent, strict=True) if p)
+    return SimResult(
+        latency,
+        ok,
+        cold_a,
+        wall,
+        starts=starts,
+        max_replicas=peak,
+        busy_s=busy_s,
+        idle_min_s=idle_min,
+        replicas=replicas,
+    )
+
+
+@dataclass
+class KPA:
+    """Knative's Pod Autoscaler, as in knative.dev/serving pkg/autoscaler (the parameters are the
+    config-autoscaler keys; their defaults and sources are in config.KnativeAssumptions)."""
+
+    target: float
+    target_utilization: float = 0.7
+    stable_window_s: float = 60.0
+    panic_window_percentage: float = 10.0
+    panic_threshold_percentage: float = 200.0
+    tick_s: float = 2.0
+    scale_to_zero_grace_s: float = 30.0
+    retention_s: float = 0.0
+    max_scale_down_rate: float = 2.0
+
+
+def simulate_pool(
+    arr: np.ndarray,
+    svc: np.ndarray,
+    cold_s: float,
+    overhead_s: float,
+    timeout_s: float,
+    wall_s: float,
+    min_scale: int,
+    max_scale: int,
+    kpa: KPA | None = None,
+    container_concurrency: int = 0,
+    max_batch: int = 1,
+    batch_ratio: list[float] | None = None,
+) -> SimResult:
+    """Replicas behind a load balancer: Knative (with `kpa`) or always-on servers (`kpa` None, `min_scale`
+    replicas for the whole run). Starts with `min_scale` warm replicas.
+
+    Knative: with no replica at all, the activator buffers the request and starts one at once; the KPA
+    ticks every `tick_s`, averaging in-flight requests (activator's and pods') over the stable window and
+    the panic window, and asks for ceil(average / (target x utilisation)) replicas; in panic (the panic
+    average over the panic threshold times the ready replicas) it never scales down, until a stable
+    window passes without panic. When the stable average falls to zero the last replica goes after the
+    larger of the scale-to-zero grace period and retention. A new replica serves after `cold_s` (pod
+    start plus the runtime's measured cold start); requests routed to it wait for that.
+
+    Batching (`max_batch` > 1): a request that finds its replica busy joins the batch waiting to run next
+    if it has room, as the runtime's batcher takes everything queued when it is free; a batch of b runs
+    `batch_ratio[b]` times as long as one request."""
+    n = len(arr)
+    t_list, s_list = arr.tolist(), svc.tolist()
+    comp = [0.0] * n
+    cold = [False] * n
+    ratio = batch_ratio or [1.0, 1.0]
+    bmax = max(1, min(max_batch, container_concurrency or max_batch, len(ratio) - 1))
+    # Per replica: busy until, ready at, created at, and the last batch (start, size, base, members).
+    bu = [0.0] * min_scale
+    ready_at = [0.0] * min_scale
+    created = [0.0] * min_scale
+    lb_start = [-1.0] * min_scale
+    lb_size = [0] * min_scale
+    lb_base = [0.0] * min_scale
+    lb_members: list[list[int]] = [[] for _ in range(min_scale)]
+    replica_seconds = 0.0
+    starts = 0
+    peak = min_scale
+    replicas = [(0.0, min_scale)]
+    horizon = int(wall_s + timeout_s + cold_s) + 8
+    conc = [0.0] * horizon  # in-flight request-seconds per 1 s bucket
+
+    def add(a: float, b: float, weight: float = 1.0) -> None:
+        j = int(a)
+        while a < b and j < horizon:
+            edge = j + 1.0
+            conc[j] += ((edge if edge < b else b) - a) * weight
+            a, j = edge, j + 1
+
+    def start_replica(now: float) -> None:
+        nonlocal starts, peak
+        bu.append(now + cold_s)
+        ready_at.append(now + cold_s)
+        created.append(now)
+        lb_start.append(-1.0)
+        lb_size.append(0)
+        lb_base.append(0.0)
+        lb_members.append([])
+        starts += 1
+        peak = max(peak, len(bu))
+
+    def remove(k: int, now: float) -> None:
+        nonlocal replica_seconds
+        # A replica told to go finishes what it holds first (Knative drains it).
+        replica_seconds += max(now, bu[k]) - created[k]
+        for lst in (bu, ready_at, created, lb_start, lb_size, lb_base, lb_members):
+            del lst[k]
+
+    panic_until = -1.0
+    zero_since: float | None = None
+    next_tick = kpa.tick_s if kpa else math.inf
+
+    def tick(now: float) -> None:
+        nonlocal panic_until, zero_since
+        assert kpa is not None
+        j = int(now)
+        stable_n = max(1, int(kpa.stable_window_s))
+        panic_n = max(1, int(kpa.stable_window_s * kpa.panic_window_percentage / 100))
+        stable = math.fsum(conc[max(0, j - stable_n) : j]) / stable_n
+        panic = math.fsum(conc[max(0, j - panic_n) : j]) / panic_n
+        per = kpa.target * kpa.target_utilization
+        want_stable, want_panic = math.ceil(stable / per - 1e-9), math.ceil(panic / per - 1e-9)
+        have = len(bu)
+        ready = sum(1 for r in ready_at if r <= now)
+        if ready and want_panic / ready >= kpa.panic_threshold_percentage / 100:
+            panic_until = now + kpa.stable_window_s
+        if now < panic_until:
+            want = max(have, want_panic)
+        else:
+            want = max(want_stable, math.floor(have / kpa.max_scale_down_rate))
+        want = min(max_scale, max(min_scale, want))
+        if stable > 0 or want > 0 or min_scale > 0:
+            zero_since = None
+        if want == 0 and have > 0:
+            if stable > 0:
+                want = have
+            else:
+                zero_since = now if zero_since is None else zero_since
+                if now - zero_since < max(kpa.scale_to_zero_grace_s, kpa.retention_s):
+                    want = have
+        if want > have:
+            for _ in range(want - have):
+                start_replica(now)
+            replicas.append((now, len(bu)))
+        elif want < have:
+            # The least busy go first.
+            for k in sorted(sorted(range(have), key=bu.__getitem__)[: have - want], reverse=True):
+                remove(k, now)
+            replicas.append((now, len(bu)))
+
+    for i in range(n):
+        t, s = t_list[i], s_list[i]
+        while next_tick <= t:
+            tick(next_tick)
+            next_tick += kpa.tick_s if kpa else math.inf
+        if not bu:
+            start_replica(t)  # the activator's poke
+            replicas.append((t, len(bu)))
+        k = min(range(len(bu)), key=bu.__getitem__)
+        if ready_at[k] > t and container_concurrency == 0:
+            # Without containerConcurrency the activator leaves the path once a replica is ready, and
+            # requests queue at ready replicas rather than wait for a starting one.
+            ready = [j for j in range(len(bu)) if ready_at[j] <= t]
+            if ready:
+                k = min(ready, key=bu.__getitem__)
+        if bmax > 1 and lb_start[k] > t and lb_size[k] < bmax:
+            old_end = bu[k]
+            size = lb_size[k] + 1
+            end = lb_start[k] + lb_base[k] * ratio[size]
+            for m in lb_members[k]:
+                comp[m] = end
+            add(old_end, end, size - 1)
+            lb_size[k] = size
+            lb_members[k].append(i)
+        else:
+            start = bu[k] if bu[k] > t else t
+            end = start + s
+            lb_start[k], lb_size[k], lb_base[k], lb_members[k] = start, 1, s, [i]
+        bu[k] = end
+        comp[i] = end
+        cold[i] = ready_at[k] > t
+        add(t, end)
+    end_t = max([wall_s, *bu]) if bu else wall_s
+    while kpa and next_tick <= wall_s:
+        tick(next_tick)
+        next_tick += kpa.tick_s
+    for k in range(len(bu) - 1, -1, -1):
+        replica_seconds += max(end_t, bu[k]) - created[k]
+    latency, ok, cold_a, wall = _finish(arr, comp, cold, overhead_s, timeout_s, wall_s)
+    return SimResult(
+        latency,
+        ok,
+        cold_a,
+        wall,
+        starts=starts,
+        max_replicas=peak,
+        replica_seconds=replica_seconds,
+        replicas=replicas,
+    )
