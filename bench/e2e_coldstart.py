@@ -40,7 +40,7 @@ from controlplane import Binaries, ControlPlane, default_cache_dir
 from kubernetes import client, config, watch
 from modelhost import SHARED_MODELS, serve_models, sha256_of
 from node import Images
-from pods import RESTRICTED, service_address, wait_for
+from pods import RESTRICTED, node_model_cache, service_address, wait_for
 from release import install_operator
 
 MODEL = SHARED_MODELS / "efficientnet-lite0.onnx"
@@ -105,12 +105,13 @@ def floor_ksvc(images: Images, model_url: str) -> dict[str, Any]:
     }
 
 
-def modelservice(model_url: str) -> dict[str, Any]:
+def modelservice(model_url: str, cache: dict[str, str] | None = None) -> dict[str, Any]:
+    model = {"uri": model_url, "sha256": sha256_of(MODEL), **({"cache": cache} if cache else {})}
     return {
         "apiVersion": "zeroserve.dev/v1alpha1",
         "kind": "ModelService",
         "metadata": {"name": "effnet"},
-        "spec": {"model": {"uri": model_url, "sha256": sha256_of(MODEL)}, "resources": {"memory": "1Gi"}},
+        "spec": {"model": model, "resources": {"memory": "1Gi"}},
     }
 
 
@@ -306,6 +307,18 @@ def main() -> int:
     )
     parser.add_argument("--runs", type=int, default=7, help="cold starts per service (default 7)")
     parser.add_argument("--json", type=Path, help="also write the samples here")
+    parser.add_argument(
+        "--model-cache",
+        action="store_true",
+        help="also a third service, the same ModelService with the node-local model cache "
+        "(examples/model-cache-node.yaml), so cold starts with and without it are compared in one run",
+    )
+    parser.add_argument(
+        "--model-mbps",
+        type=float,
+        help="hold model downloads to this many MB/s, as from a bucket across a network (default: as "
+        "fast as the node's bridge)",
+    )
     args = parser.parse_args()
 
     binaries = Binaries.from_cache()
@@ -328,11 +341,22 @@ def main() -> int:
             install_operator(plane, "zeroserve", "zeroserve-system")
             plane.kubectl("create", "namespace", NAMESPACE)
             api = config.new_client_from_config(config_file=str(plane.kubeconfig))
-            with serve_models(SHARED_MODELS) as base:
+            rate = args.model_mbps * 1e6 if args.model_mbps else None
+            with contextlib.ExitStack() as stack:
+                base = stack.enter_context(serve_models(SHARED_MODELS, bytes_per_second=rate))
                 url = f"{base}/{MODEL.name}"
                 knative.apply(
                     plane, [dict(modelservice(url), metadata={"name": "effnet", "namespace": NAMESPACE})]
                 )
+                if args.model_cache:
+                    knative.set_features(
+                        plane, persistent_volume_claim="enabled", persistent_volume_write="enabled"
+                    )
+                    _, cache = stack.enter_context(node_model_cache(plane, NAMESPACE))
+                    cached = dict(
+                        modelservice(url, cache), metadata={"name": "cached", "namespace": NAMESPACE}
+                    )
+                    knative.apply(plane, [cached])
                 knative.apply(
                     plane, [dict(floor_ksvc(images, url), metadata={"name": "floor", "namespace": NAMESPACE})]
                 )
@@ -340,12 +364,16 @@ def main() -> int:
                     lambda: _ready(plane, "modelservice", "effnet"), within=300, what="the ModelService"
                 )
                 wait_for(lambda: _ready(plane, "ksvc", "floor"), within=300, what="the floor service")
+                if args.model_cache:
+                    wait_for(lambda: _ready(plane, "modelservice", "cached"), within=300, what="cached")
                 print(f"  ModelService Ready at {ms['status']['url']}", flush=True)
                 ingress = service_address(plane, knative.TRAEFIK_NAMESPACE, "traefik")
                 targets = {
                     "zeroserve": (f"effnet.{NAMESPACE}.{knative.DOMAIN}", "/v2/models/effnet/infer"),
                     "floor": (f"floor.{NAMESPACE}.{knative.DOMAIN}", "/"),
                 }
+                if args.model_cache:
+                    targets["cached"] = (f"cached.{NAMESPACE}.{knative.DOMAIN}", "/v2/models/cached/infer")
                 samples: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
                 last_answer = {name: time.monotonic() for name in targets}
                 warm: dict[str, tuple[float, float]] = {}
@@ -353,7 +381,7 @@ def main() -> int:
                     for name, (host, path) in targets.items():  # interleaved: same conditions for both
                         sample = cold_start(api, ingress, host, path, body, last_answer[name])
                         last_answer[name] = time.monotonic()
-                        if name == "zeroserve":
+                        if name != "floor":
                             sample.update(runtime_phases(plane, host.split(".")[0]))
                         samples[name].append(sample)
                         print(
@@ -372,7 +400,8 @@ def main() -> int:
     if burst_ok != BURST:
         return 1
     # Every cold request must have been a real cold start, as the runtime itself saw it.
-    return 0 if all(s["cold-header"] for s in samples["zeroserve"]) else 1
+    zeroserve = [s for name, runs in samples.items() if name != "floor" for s in runs]
+    return 0 if all(s["cold-header"] for s in zeroserve) else 1
 
 
 def _ready(plane: ControlPlane, kind: str, name: str) -> dict[str, Any] | None:
@@ -414,6 +443,13 @@ def report(
         f"<= {GOAL_RATIO}x the floor: {zs / floor:.2f}x ({'met' if zs <= GOAL_RATIO * floor else 'MISSED'})"
     )
     to_zero = statistics.median(s["to-zero"] for s in samples["zeroserve"])
+    if "cached" in samples:
+        cached = statistics.median(s["answer"] for s in samples["cached"])
+        hits = sum(s.get("cache-hits", 0) for s in samples["cached"])
+        print(
+            f"node model cache: cold start {cached:.2f} s with it, {zs:.2f} s without ({cached / zs:.2f}x); "
+            f"{hits:.0f} of {len(samples['cached'])} cold starts were cache hits"
+        )
     if json_path:
         json_path.write_text(json.dumps({"samples": samples, "warm_ms": warm}, indent=1))
     print(f"(whole run {total:.0f}s)")
