@@ -23,7 +23,7 @@ pytest: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/shellcheck -x hack/*.sh .ci/run
+	$(BIN)/shellcheck -x hack/*.sh bench/*.sh .ci/run
 
 ## setup: a virtualenv with Zeroserve (editable), every component's extra, and the test and dev extras
 setup: $(STAMP)
