@@ -72,7 +72,7 @@ def run(
         from zeroserve.advise.validate import ValidateError, validate_local
 
         try:
-            ok = validate_local(loaded, profile, out / "validate", console, validate_duration)
+            ok = validate_local(loaded, profile, out / "validate", console, validate_duration, advice)
         except ValidateError as e:
             console.print(f"[red]validate failed:[/] {escape(str(e))}", highlight=False)
             return 1

@@ -405,6 +405,12 @@ class ProfileSettings(_Strict):
     vcpus: list[float] | None = Field(
         None, description="CPU quotas to profile; unset: every distinct vCPU the platforms ask for."
     )
+    gap_ms: float = Field(
+        20.0,
+        ge=0,
+        description="Idle time between timed requests: open-loop traffic lets the server idle, and an idle "
+        "server answers slower than one kept busy back to back.",
+    )
     stall_factor: float = Field(
         10.0,
         gt=1,

@@ -32,6 +32,7 @@ def main(spec_path: str) -> int:
                 times.append(elapsed)
                 if sum(times) > spec["max_s"] and len(times) >= 5:
                     break
+            time.sleep(spec["gap_s"])
         service[batch] = times
     print(json.dumps({"init_s": app.init_seconds, "service_s": service}))
     return 0

@@ -1,0 +1,342 @@
+"""`zeroserve advise --validate`: the predictions checked against a real `zeroserve bench` run.
+
+Locally, each platform's pick runs as one process under the same CPU quota the profile used: the
+runtime (`zeroserve serve`) at the Knative pick's vCPU, the Lambda handler behind the function URL
+emulator at the Lambda pick's CPU share, the Cloud Function on functions-framework at the Cloud Run
+pick's vCPU. One process is one replica that never scales, so the prediction to compare with is the
+same arrivals through one always-warm FIFO server with the profiled service times; what it checks is
+the service-time model and the queueing, not the platforms' scaling (that needs the real platform: on
+a cluster, bench a ModelService with `replicas:` and compare cold starts and replica-seconds).
+
+The load is the advise workload cut to `duration` seconds; targets run one after another, so they do
+not share the cores with each other (they still share them with the load generator)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from zeroserve.advise.profile import Profile, ProfileError, _env, _free_port, _get, cpu_limit, time_http
+from zeroserve.advise.simulate import draw, simulate_pool
+from zeroserve.children import dies_with_parent
+
+P50_TOLERANCE = 0.20
+P99_TOLERANCE = 0.30
+
+
+class ValidateError(RuntimeError):
+    pass
+
+
+@dataclass
+class Comparison:
+    target: str
+    kind: str
+    vcpu: float
+    requests: int
+    predicted_p50_ms: float
+    measured_p50_ms: float | None
+    predicted_p99_ms: float
+    measured_p99_ms: float | None
+    measured_success: float | None
+
+    def errors(self) -> tuple[float, float]:
+        def rel(pred: float, meas: float | None) -> float:
+            return math.inf if not meas else (pred - meas) / meas
+
+        return rel(self.predicted_p50_ms, self.measured_p50_ms), rel(
+            self.predicted_p99_ms, self.measured_p99_ms
+        )
+
+    @property
+    def within(self) -> bool:
+        e50, e99 = self.errors()
+        return abs(e50) <= P50_TOLERANCE and abs(e99) <= P99_TOLERANCE
+
+
+def shortened(workload: Any, duration: float) -> Any:
+    """The same workload (and seed) cut to `duration` seconds."""
+    if hasattr(workload, "duration_s"):
+        return type(workload).model_validate({**workload.model_dump(), "duration_s": duration})
+    return workload
+
+
+@dataclass
+class LocalPlan:
+    name: str
+    kind: str  # the bench target kind
+    vcpu: float
+    service: str  # runtime | handler
+
+
+def plan_targets(profile: Profile, picks: dict[str, float], cores: int) -> list[LocalPlan]:
+    out = []
+    for name, kind, service in (
+        ("zeroserve", "oip-rest", "runtime"),
+        ("lambda", "lambda-url", "handler"),
+        ("gcf", "gcf", "handler"),
+    ):
+        if name in picks:
+            out.append(LocalPlan(name, kind, min(float(cores), picks[name]), service))
+    return out
+
+
+def predict(
+    profile: Profile,
+    plan: LocalPlan,
+    arrivals: np.ndarray,
+    wall_s: float,
+    timeout_s: float,
+    seed: int,
+    front_s: float = 0.0,
+) -> tuple[float, float]:
+    """p50 and p99 of the same arrivals through one warm FIFO server with the profile's service times.
+    A function's local HTTP front end (the Lambda URL emulator, functions-framework) is not the cloud's,
+    so the profile does not hold it: `front_s` adds it, timed on the process before the run."""
+    u = np.random.default_rng([seed, 3]).random(len(arrivals))
+    if plan.service == "runtime":
+        svc = draw(profile.runtime_service(plan.vcpu), u)
+    else:
+        svc = draw(profile.handler_service(plan.vcpu), u) + front_s
+    sim = simulate_pool(arrivals, svc, 0.0, 0.0, timeout_s, wall_s, min_scale=1, max_scale=1)
+    return sim.percentiles_ms()
+
+
+def front_end_s(local: _Local, profile: Profile, model: str, body: bytes, gap_s: float) -> float:
+    """A local function's HTTP front end: paced requests through it, less the profiled in-process
+    handler time at the same vCPU (medians)."""
+    through = time_http(local.port, model, body, 40, 10.0, lambda: None, gap_s)
+    return max(0.0, float(np.median(through)) - float(np.median(profile.handler_service(local.plan.vcpu))))
+
+
+class _Local:
+    def __init__(self, plan: LocalPlan, wrap: Any, env: dict[str, str], log: Path) -> None:
+        self.plan = plan
+        self.port = _free_port()
+        exe = sys.executable
+        if plan.kind == "oip-rest":
+            argv = [exe, "-m", "zeroserve.cli", "serve", "--http-port", str(self.port), "--grpc-port", "0"]
+            argv += ["--host", "127.0.0.1"]
+        elif plan.kind == "lambda-url":
+            argv = [exe, "-m", "zeroserve_runtime.functions.url_emulator", "--port", str(self.port)]
+            argv += ["--backend", "direct"]
+        else:
+            spec = importlib.util.find_spec("zeroserve_runtime.functions.gcf")
+            if spec is None or spec.origin is None:
+                raise ValidateError(
+                    "the Cloud Function module zeroserve_runtime.functions.gcf is not installed"
+                )
+            argv = [exe, "-m", "functions_framework", "--target", "infer", "--source", spec.origin]
+            argv += ["--port", str(self.port)]
+            env = {**env, "HOST": "127.0.0.1"}
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                wrap(argv),
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=dies_with_parent(signal.SIGTERM),
+            )
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-1500:]
+                raise ValidateError(f"{self.plan.name} exited with status {self.proc.returncode}:\n{tail}")
+            with contextlib.suppress(OSError):
+                if _get(f"{self.url}/v2/health/ready")[0] == 200:
+                    return
+            time.sleep(0.05)
+        raise ValidateError(f"{self.plan.name} was not ready within {timeout_s:.0f} s; log: {self.log}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def picks_from(advice: Any, spec: Any) -> dict[str, float]:
+    """The vCPU of each platform's pick: its cheapest that meets the objectives, else its best ranked."""
+    out: dict[str, float] = {}
+    for platform, cands in advice.by_platform.items():
+        c = advice.winners.get(platform) or (cands[0] if cands else None)
+        if c is None:
+            continue
+        if platform == "knative":
+            out["zeroserve"] = c.knobs["vcpu"]
+        elif platform == "lambda":
+            out["lambda"] = spec.platforms.lambda_.vcpu(c.knobs["memory_mb"])
+        elif platform == "cloud_run":
+            out["gcf"] = c.knobs["vcpu"]
+    return out
+
+
+def run_local(
+    loaded: Any,
+    profile: Profile,
+    plans: list[LocalPlan],
+    out: Path,
+    console: Any,
+    duration: float,
+) -> list[Comparison]:
+    from zeroserve_loadgen.bench import BenchOptions, run_bench
+    from zeroserve_loadgen.runner import LoadgenError
+    from zeroserve_loadgen.targets import Target
+
+    spec = loaded.spec
+    workload = shortened(loaded.workload, duration)
+    arrivals = np.asarray(workload.arrivals(), dtype=float)
+    if len(arrivals) == 0:
+        raise ValidateError(
+            f"the workload sends nothing in its first {duration:g} s; raise --validate-duration"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    limited = spec.profile.cpu_limits == "cgroup"
+    results: list[Comparison] = []
+    cache = out / "cache"
+    for i, plan in enumerate(plans):
+        threads = profile.threads(plan.vcpu)
+        env = _env(loaded.model_path, spec.model.name, loaded.model_sha256, threads, cache)
+        env["ZEROSERVE_LOG_LEVEL"] = "warning"
+        console.print(
+            f"validate: {plan.name} ({plan.kind}) at {plan.vcpu:g} vCPU, {threads} thread(s), "
+            f"{len(arrivals)} requests over {workload.duration:g} s",
+            highlight=False,
+        )
+        with cpu_limit(plan.vcpu, f"v{i}", limited) as wrap:
+            local = _Local(plan, wrap, env, out / f"{plan.name}.log")
+            try:
+                local.wait_ready()
+                front = 0.0
+                if plan.service == "handler":
+                    body = orjson.dumps(loaded.payload)
+                    front = front_end_s(local, profile, spec.model.name, body, spec.profile.gap_ms / 1000)
+                    console.print(f"  its local HTTP front end: {front * 1000:.2f} ms", highlight=False)
+                target = Target(name=plan.name, kind=plan.kind, url=local.url, model=spec.model.name)  # type: ignore[arg-type]
+                try:
+                    result = run_bench(
+                        [target],
+                        loaded.payload,
+                        workload,
+                        BenchOptions(out_dir=out / plan.name),
+                        console,
+                    )
+                except LoadgenError as e:
+                    raise ValidateError(f"{plan.name}: {e}") from None
+            finally:
+                local.stop()
+        t = result.report.targets[0]
+        p50, p99 = predict(
+            profile, plan, arrivals, workload.duration, spec.objectives.timeout_s, spec.seed, front
+        )
+        results.append(
+            Comparison(
+                plan.name,
+                plan.kind,
+                plan.vcpu,
+                t.requests,
+                p50,
+                t.latency_ms.get("p50"),
+                p99,
+                t.latency_ms.get("p99"),
+                t.success_ratio,
+            )
+        )
+    (out / "validate.json").write_bytes(
+        orjson.dumps([{**asdict(c), "within": c.within} for c in results], option=orjson.OPT_INDENT_2)
+    )
+    return results
+
+
+def print_comparisons(results: list[Comparison], console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="predicted against measured (zeroserve bench)", title_justify="left")
+    for h in (
+        "target",
+        "vCPU",
+        "requests",
+        "p50 pred",
+        "p50 meas",
+        "err",
+        "p99 pred",
+        "p99 meas",
+        "err",
+        "ok",
+    ):
+        table.add_column(h, justify="right" if h not in ("target", "ok") else "left")
+    for c in results:
+        e50, e99 = c.errors()
+        table.add_row(
+            c.target,
+            f"{c.vcpu:g}",
+            str(c.requests),
+            f"{c.predicted_p50_ms:,.1f}",
+            "-" if c.measured_p50_ms is None else f"{c.measured_p50_ms:,.1f}",
+            f"{e50:+.0%}",
+            f"{c.predicted_p99_ms:,.1f}",
+            "-" if c.measured_p99_ms is None else f"{c.measured_p99_ms:,.1f}",
+            f"{e99:+.0%}",
+            "yes" if c.within else "no",
+        )
+    console.print(table)
+    for c in results:
+        if c.within:
+            continue
+        e50, e99 = c.errors()
+        why = []
+        if abs(e50) > P50_TOLERANCE:
+            why.append(
+                f"p50 {e50:+.0%}: the service-time model (sequential requests in the profile) "
+                + (
+                    "is slower than the run; the profile ran on a busier machine"
+                    if e50 > 0
+                    else "misses time the run added: the load generator shares the cores with the target"
+                )
+            )
+        if abs(e99) > P99_TOLERANCE:
+            why.append(
+                f"p99 {e99:+.0%}: the tail "
+                + (
+                    "of the profile's samples is heavier than the run's"
+                    if e99 > 0
+                    else "of the run has stalls the profile did not see (CPU quota throttling under load, "
+                    "the load generator and other processes on the cores)"
+                )
+            )
+        console.print(f"  {c.target}: " + "; ".join(why), highlight=False)
+
+
+def validate_local(
+    loaded: Any, profile: Profile, out: Path, console: Any, duration: float, advice: Any
+) -> bool:
+    cores = len(os.sched_getaffinity(0))
+    plans = plan_targets(profile, picks_from(advice, loaded.spec), cores)
+    if not plans:
+        raise ValidateError("no local target to validate: enable knative, lambda or cloud_run")
+    try:
+        results = run_local(loaded, profile, plans, out, console, duration)
+    except ProfileError as e:
+        raise ValidateError(str(e)) from None
+    print_comparisons(results, console)
+    return all(c.within for c in results)
