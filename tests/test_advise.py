@@ -341,3 +341,40 @@ def test_validate_runs_the_runtime_for_real_and_compares(
     trace = parse({**BASE, "workload": {"type": "trace", "samples_csv": str(samples)}}).workload
     replay = trace.load(tmp_path).arrivals()  # type: ignore[union-attr]
     assert np.allclose(replay, sent - sent[0], atol=1e-3)
+
+
+def test_bench_prices_a_scaled_target_from_its_recorded_replica_seconds() -> None:
+    from zeroserve_loadgen.plan import RunPlan, Sample
+    from zeroserve_loadgen.replicas import Recorded
+    from zeroserve_loadgen.summary import build_report
+    from zeroserve_loadgen.targets import Target
+
+    replicas = {"namespace": "ml", "selector": "app=m"}
+    by_replica = Target(
+        name="kn",
+        kind="oip-rest",
+        url="http://127.0.0.1:1",
+        model="m",
+        replicas=replicas,
+        pricing={"model": "node", "preset": "aws-c7i.xlarge", "replica_cpu": 1},
+    )
+    by_node = by_replica.model_copy(update={"name": "node", "pricing": None})
+    plan = RunPlan(
+        targets=[by_replica, by_node], payload={"inputs": []}, workload=Constant(rate=1, duration_s=100)
+    )
+    samples = [Sample(k, t, t, 0.01, 200, True, False, 0.005, -1, -1, "") for k in (0, 1) for t in range(100)]
+    # One replica for the first 30 s, two for 10 s, then none (scaled to zero) to the end of the run.
+    t0 = 1000.0
+    rec = Recorded(events=[(t0 - 5, 1, 1), (t0 + 30, 2, 2), (t0 + 40, 0, 0), (t0 + 101, 0, 0)])
+    report = build_report(plan, samples, [100, 100], replicas={"kn": rec, "node": rec}, start_epoch_s=t0)
+    kn, node = report.targets
+    assert kn.replica_seconds == pytest.approx(30 * 1 + 10 * 2)
+    quarter = 0.1785 / 4  # a 1-CPU replica is a quarter of the 4-vCPU node
+    assert kn.cost_per_1m_usd == pytest.approx(quarter * 50 / 3600 / 100 * 1e6)
+    # Without replica_cpu the node is paid for the whole run, idle included: here 100 / 50 x 4 as much.
+    assert node.cost_per_1m_usd == pytest.approx(0.1785 * 100 / 3600 / 100 * 1e6)
+    assert kn.pricing.startswith("1-CPU replica-seconds on aws-c7i.xlarge")
+    with pytest.raises(ValueError, match="add a replicas: block"):
+        Target(
+            name="x", kind="oip-rest", url="http://h", model="m", pricing={"model": "node", "replica_cpu": 1}
+        )

@@ -10,6 +10,9 @@ override any of them in the targets file.
   instance time, rounded up to 100 ms, per vCPU and per GiB, plus a request fee; startup is billed.
 - A self-hosted node bills by the hour whether it serves or idles, so its cost per inference is the node
   price times the wall time of the run, idle included, divided by the inferences served.
+- A self-hosted target that scales (Knative) with `replica_cpu` set is priced from the replica-seconds its
+  `replicas:` block recorded instead: each replica costs its share of a node by CPU while it exists, so
+  time at zero replicas costs nothing; `nodes` then counts nodes held whatever the load (0 by default).
 """
 
 from __future__ import annotations
@@ -117,7 +120,15 @@ class NodePricing(_Pricing):
         description=f"A node type from NODE_PRESETS ({EC2_SOURCE}; {GCE_SOURCE}; on {PRICES_RECORDED}).",
     )
     hourly_usd: float | None = Field(None, ge=0, description="Price of one node per hour; overrides preset.")
-    nodes: int = Field(1, ge=1, description="Nodes held for the whole run.")
+    nodes: int | None = Field(
+        None, ge=0, description="Nodes held for the whole run; default 1, or 0 with replica_cpu."
+    )
+    replica_cpu: float | None = Field(
+        None,
+        gt=0,
+        description="CPUs of one replica (its resources.cpu): price the recorded replica-seconds, each "
+        "replica its CPU share of the node, rather than the node for the whole run. Needs replicas:.",
+    )
 
     @model_validator(mode="after")
     def _known_preset(self) -> NodePricing:
@@ -125,20 +136,41 @@ class NodePricing(_Pricing):
             raise ValueError(
                 f"unknown preset {self.preset!r}; known: {', '.join(NODE_PRESETS)}, or set hourly_usd"
             )
+        if self.nodes == 0 and not self.replica_cpu:
+            raise ValueError("nodes: 0 nodes would make the target free; set replica_cpu to price replicas")
         return self
 
     def hourly(self) -> float:
         return self.hourly_usd if self.hourly_usd is not None else NODE_PRESETS[str(self.preset)][0]
 
+    def held_nodes(self) -> int:
+        return self.nodes if self.nodes is not None else (0 if self.replica_cpu else 1)
+
+    def node_cpu(self) -> float | None:
+        """CPUs of the node, from the preset's description ("4 vCPU, ..."); None for a custom price."""
+        if self.hourly_usd is not None or self.preset not in NODE_PRESETS:
+            return None
+        return float(NODE_PRESETS[str(self.preset)][1].split(" vCPU")[0])
+
     def request_cost(self, inv: Invocation) -> float:
         return 0.0
 
     def run_cost(self, invocations: list[Invocation], wall_s: float) -> float:
-        return self.hourly() * self.nodes * wall_s / 3600
+        return self.hourly() * self.held_nodes() * wall_s / 3600
+
+    def replica_cost(self, replica_seconds: float, wall_s: float) -> float:
+        """Replica-seconds at each replica's CPU share of a node (the whole node for a custom price),
+        plus the nodes held for the whole run."""
+        node_cpu = self.node_cpu()
+        share = 1.0 if node_cpu is None else min(1.0, float(self.replica_cpu or node_cpu) / node_cpu)
+        return self.hourly() * (replica_seconds * share + self.held_nodes() * wall_s) / 3600
 
     def describe(self) -> str:
         name = "custom node" if self.hourly_usd is not None else self.preset
-        return f"{self.nodes}x {name} ${self.hourly():g}/h"
+        if self.replica_cpu:
+            held = f" + {self.held_nodes()} held" if self.held_nodes() else ""
+            return f"{self.replica_cpu:g}-CPU replica-seconds on {name} ${self.hourly():g}/h{held}"
+        return f"{self.held_nodes()}x {name} ${self.hourly():g}/h"
 
 
 Pricing = Annotated[LambdaPricing | CloudRunPricing | NodePricing, Field(discriminator="model")]

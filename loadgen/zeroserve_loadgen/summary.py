@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from zeroserve_loadgen.plan import RunPlan, Sample
-from zeroserve_loadgen.pricing import PRICES_RECORDED, Invocation, cost_per_million
+from zeroserve_loadgen.pricing import PRICES_RECORDED, Invocation, NodePricing, cost_per_million
 from zeroserve_loadgen.replicas import Recorded, series
 from zeroserve_loadgen.targets import Target
 
@@ -49,9 +49,10 @@ class TargetReport:
     replicas: list[dict[str, float | int]] | None = None
     max_replicas: int | None = None
     replica_errors: list[str] | None = None
+    replica_seconds: float | None = None
 
 
-REPLICA_FIELDS = ("replicas", "max_replicas", "replica_errors")
+REPLICA_FIELDS = ("replicas", "max_replicas", "replica_errors", "replica_seconds")
 
 
 def _pcts(values: np.ndarray) -> dict[str, float | None]:
@@ -208,10 +209,31 @@ class Report:
         return out
 
 
-def add_replicas(report: TargetReport, recorded: Recorded, start_epoch_s: float) -> None:
+def replica_seconds(samples: list[dict[str, float | int]], wall_s: float) -> float:
+    """The area under the replica count (every replica, ready or starting) from 0 to the end of the run:
+    what a scaled self-hosted target held."""
+    total = 0.0
+    for here, after in zip(samples, [*samples[1:], None], strict=True):
+        start = min(float(here["t"]), wall_s)
+        end = wall_s if after is None else min(float(after["t"]), wall_s)
+        total += max(0.0, end - start) * int(here["total"])
+    return total
+
+
+def add_replicas(
+    report: TargetReport, recorded: Recorded, start_epoch_s: float, target: Target | None = None
+) -> None:
     report.replicas = series(recorded, start_epoch_s)
     report.max_replicas = max((int(s["total"]) for s in report.replicas), default=None)
     report.replica_errors = list(recorded.errors)
+    if report.replicas:
+        report.replica_seconds = replica_seconds(report.replicas, report.wall_s)
+    pricing = target.effective_pricing() if target is not None else None
+    if isinstance(pricing, NodePricing) and pricing.replica_cpu and report.replica_seconds is not None:
+        # Scale to zero shows in the cost: the replicas held, not a node for the whole run.
+        if report.successes:
+            cost = pricing.replica_cost(report.replica_seconds, report.wall_s)
+            report.cost_per_1m_usd = cost / report.successes * 1e6
 
 
 def build_report(
@@ -229,7 +251,7 @@ def build_report(
         mine = [s for s in samples if s.target == k]
         reports.append(summarize(target, mine, windows[k], planned[k]))
         if replicas and target.name in replicas and start_epoch_s is not None:
-            add_replicas(reports[-1], replicas[target.name], start_epoch_s)
+            add_replicas(reports[-1], replicas[target.name], start_epoch_s, target)
     return Report(
         plan,
         reports,

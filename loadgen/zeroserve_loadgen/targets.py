@@ -168,6 +168,8 @@ class Target(BaseModel):
             raise ValueError(f"url: {self.kind} needs an http:// or https:// URL, got {self.url!r}")
         if isinstance(self.auth, SigV4Auth) and self.kind != "lambda-url":
             raise ValueError("auth: sigv4 is for lambda-url targets")
+        if isinstance(self.pricing, NodePricing) and self.pricing.replica_cpu and self.replicas is None:
+            raise ValueError("pricing.replica_cpu: prices recorded replica-seconds; add a replicas: block")
         return self
 
     def effective_pricing(self) -> LambdaPricing | CloudRunPricing | NodePricing:
