@@ -209,6 +209,31 @@ build_prometheus() {
     "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION")
 }
 
+# tritonserver from the nvidia-pytriton wheel, unpacked as it is (the binary finds its libraries by a
+# relative RPATH) at $cache/tritonserver/<version>, with the Python backend's stub for this machine's
+# python3 put where the backend looks for it; $bin/tritonserver-root points at the server's root, laid
+# out as /opt/tritonserver is in NVIDIA's image. Nothing of pytriton's Python package is used. The stub
+# embeds the system's libpython and was built against numpy 1 (numpy 2 arrays come back with the wrong
+# size), so the test model's numpy and onnxruntime go into site-packages of their own beside it.
+fetch_tritonserver() {
+  local dir="$cache/tritonserver/$PYTRITON_VERSION" py root
+  root="$dir/pytriton/tritonserver"
+  py=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+  if [[ -x "$root/bin/tritonserver" && -x "$root/backends/python/triton_python_backend_stub" &&
+        -d "$dir/site-packages/onnxruntime" ]]; then
+    ln -sfn "$root" "$bin/tritonserver-root"
+    log "tritonserver (nvidia-pytriton $PYTRITON_VERSION): up to date"; return
+  fi
+  log "tritonserver (nvidia-pytriton $PYTRITON_VERSION): downloading the wheel"
+  rm -rf "$dir" && mkdir -p "$dir"
+  python3 -m pip download --quiet --no-deps --dest "$src" "nvidia-pytriton==$PYTRITON_VERSION"
+  python3 -m zipfile -e "$src/nvidia_pytriton-$PYTRITON_VERSION-"*.whl "$dir"
+  chmod +x "$root/bin/tritonserver" "$root/python_backend_stubs/"*/triton_python_backend_stub
+  cp "$root/python_backend_stubs/$py/triton_python_backend_stub" "$root/backends/python/"
+  python3 -m pip install --quiet --target "$dir/site-packages" --only-binary=:all: "numpy<2" onnxruntime
+  ln -sfn "$root" "$bin/tritonserver-root"
+}
+
 # Knative's manifests come from the module cache, never copied into the repo. The serving module's zip
 # drops its symlinks, so the networking CRDs and config-network come from knative.dev/networking and the
 # images CRD from knative.dev/caching, at the versions serving's go.mod pins.
@@ -238,6 +263,7 @@ build_knative
 build_coredns
 build_traefik
 build_prometheus
+fetch_tritonserver
 fetch_knative
 log "done in $((SECONDS - start))s"
 echo "$bin"

@@ -134,7 +134,7 @@ def test_grpc_protocol_routes_the_h2c_port_and_probes_readiness_over_http() -> N
 
 def test_image_override_and_triton_runtime() -> None:
     c = container(build({**CPU, "runtime": {"name": "triton"}}))
-    assert (c["image"], c["args"]) == ("registry.example/triton:1", ["triton"])
+    assert (c["image"], c["args"][0]) == ("registry.example/triton:1", "tritonserver")
     c = container(build({**CPU, "runtime": {"name": "triton", "image": "mine/triton:2"}}))
     assert c["image"] == "mine/triton:2"
 

@@ -81,9 +81,20 @@ INVALID = [
     ("cache claim not a name", with_("model.cache", {"claimName": "Models/x"}), "spec.model.cache.claimName"),
     ("threads on triton", with_("runtime", {"name": "triton", "threads": 4}), "spec.runtime.threads"),
     (
-        "parallel inferences on triton",
-        with_("runtime", {"name": "triton", "parallelInferences": 2}),
-        "spec.runtime.parallelInferences",
+        "tensorrt on onnx",
+        with_("runtime.tensorrt", {}, with_("resources.gpu", {"count": 1})),
+        "spec.runtime.tensorrt",
+    ),
+    ("tensorrt without a gpu", with_("runtime", {"name": "triton", "tensorrt": {}}), "spec.runtime.tensorrt"),
+    (
+        "tensorrt precision",
+        with_("runtime", {"name": "triton", "tensorrt": {"precision": "INT4"}}),
+        "spec.runtime.tensorrt.precision",
+    ),
+    (
+        "cpu fallback on triton",
+        with_("runtime.name", "triton", with_("resources.gpu", {"count": 1, "allowCpuFallback": True})),
+        "spec.resources.gpu.allowCpuFallback",
     ),
     ("parallel inferences 0", with_("runtime.parallelInferences", 0), "spec.runtime.parallelInferences"),
     (

@@ -309,7 +309,9 @@ async def test_disabled_knative_features_are_named_in_a_condition(
             return c if c and c["status"] == "False" else None
 
         cond = await eventually(features_condition, within=30, what="KnativeFeaturesEnabled=False")
+        # The GPU example is Triton, fed by an init container: that flag is named too.
         assert "kubernetes.podspec-nodeselector" in cond["message"]
+        assert "kubernetes.podspec-init-containers" in cond["message"]
         assert "kubernetes.podspec-tolerations" not in cond["message"]
         assert "config-features" in cond["message"]
         ready = await cluster.condition("minilm-gpu")
@@ -318,7 +320,14 @@ async def test_disabled_knative_features_are_named_in_a_condition(
 
         # The admin turns the flag on: the operator's retry picks it up, no spec change needed.
         await core.patch_namespaced_config_map(
-            "config-features", "knative-serving", {"data": {"kubernetes.podspec-nodeselector": "enabled"}}
+            "config-features",
+            "knative-serving",
+            {
+                "data": {
+                    "kubernetes.podspec-nodeselector": "enabled",
+                    "kubernetes.podspec-init-containers": "enabled",
+                }
+            },
         )
         ksvc = await eventually(lambda: cluster.ksvc("minilm-gpu"), within=30, what="the GPU Knative Service")
         assert ksvc["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}

@@ -26,7 +26,7 @@ SPECS: dict[str, dict[str, Any]] = {
             "parallelInferences": 3,
             "batching": {"maxBatchSize": 8, "maxQueueDelayMs": 5},
         },
-        "resources": {"cpu": "2", "memory": "1Gi", "gpu": {"count": 1}},
+        "resources": {"cpu": "2", "memory": "1Gi", "gpu": {"count": 1, "allowCpuFallback": True}},
         "scaling": {"containerConcurrency": 16},
         "timeoutSeconds": 90,
     },

@@ -430,14 +430,26 @@ def test_knatives_webhook_judges_the_operators_services(
     message = conditions(ms)["KnativeFeaturesEnabled"]["message"]
     assert "kubernetes.podspec-nodeselector" in message and "kubernetes.podspec-tolerations" in message
 
+    # The GPU example runs NVIDIA's Triton fed by an init container: Knative must take that pod too.
+    triton_example = yaml.safe_load((ROOT / "examples" / "modelservice-gpu.yaml").read_text())
+    triton_example["metadata"].update(namespace=ns, uid=str(uuid.uuid4()))
+    triton_ksvc = build_knative_service(triton_example, settings)
     set_features(plane, nodeselector="enabled", tolerations="enabled")
     try:
         # Knative's webhook reads config-features through an informer: give it a moment.
         wait_for(
             lambda: dry_run(plane, ns, gpu_ksvc).returncode == 0, within=30, what="the webhook to accept"
         )
+        refused = dry_run(plane, ns, triton_ksvc)
+        assert refused.returncode != 0 and "initContainers" in refused.stderr, refused.stderr
+        set_features(plane, init_containers="enabled")
+        wait_for(
+            lambda: dry_run(plane, ns, triton_ksvc).returncode == 0,
+            within=30,
+            what="the webhook to accept the Triton example",
+        )
     finally:
-        set_features(plane, nodeselector="disabled", tolerations="disabled")
+        set_features(plane, nodeselector="disabled", tolerations="disabled", init_containers="disabled")
 
 
 def test_operator_restarted_during_a_scale_up_loses_nothing_and_converges(

@@ -144,6 +144,12 @@ class Batching(_Spec):
     )
 
 
+class TensorRT(_Spec):
+    precision: Literal["FP32", "FP16"] = Field(
+        default="FP32", description="Precision TensorRT builds the engine in; FP16 is faster, less exact."
+    )
+
+
 class Runtime(_Spec):
     name: Literal["onnx", "triton"] = Field(
         default="onnx",
@@ -173,11 +179,18 @@ class Runtime(_Spec):
         alias="parallelInferences",
         ge=1,
         le=64,
-        description="Inferences the onnx runtime runs at once on the one loaded model (default 1). 1 gives "
-        "each request every core, for the lowest latency; one per CPU, each with 1 thread, gives the most "
-        "throughput under concurrent load.",
+        description="Inferences run at once (default 1). The onnx runtime runs them on its one loaded "
+        "model: 1 gives each request every core, for the lowest latency; one per CPU, each with 1 thread, "
+        "gives the most throughput under concurrent load. Triton loads this many model instances "
+        "(instance_group count).",
     )
     batching: Batching | None = Field(default=None, description="Adaptive batching of concurrent requests.")
+    tensorrt: TensorRT | None = Field(
+        default=None,
+        description="Triton on a GPU only: run the ONNX model through TensorRT, Triton's GPU execution "
+        "accelerator for ONNX Runtime. The engine is built when the model loads, which lengthens every "
+        "cold start.",
+    )
 
 
 class GPU(_Spec):
@@ -188,6 +201,14 @@ class GPU(_Spec):
         description="Extended resource name the device plugin advertises.",
         pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[a-zA-Z0-9._-]+$",
         max_length=253,
+    )
+    allow_cpu_fallback: bool = Field(
+        default=False,
+        alias="allowCpuFallback",
+        description="onnx runtime only: a replica that cannot use CUDA (no NVIDIA driver on its node, no GPU "
+        "in its container) serves on CPU instead of failing. Off, such a replica exits and the "
+        "ModelService's Ready condition says why, so every replica that serves runs on the GPU; on, the "
+        "provider each replica got is in its zeroserve_execution_provider metric.",
     )
 
 
@@ -357,10 +378,17 @@ class ModelServiceSpec(_Spec):
             ".runtime.threads",
         ),
         cel(
-            "self.runtime.name != 'triton' || !has(self.runtime.parallelInferences)",
-            "runtime.parallelInferences applies to the onnx runtime; Triton takes instances from its model "
-            "config",
-            ".runtime.parallelInferences",
+            "!has(self.runtime.tensorrt) || (self.runtime.name == 'triton' && has(self.resources.gpu))",
+            "runtime.tensorrt needs runtime.name triton and resources.gpu: TensorRT is Triton's GPU "
+            "accelerator",
+            ".runtime.tensorrt",
+        ),
+        cel(
+            "self.runtime.name == 'onnx' || !has(self.resources.gpu) || "
+            "!has(self.resources.gpu.allowCpuFallback) || !self.resources.gpu.allowCpuFallback",
+            "resources.gpu.allowCpuFallback applies to the onnx runtime; Triton's GPU instances have no CPU "
+            "fallback",
+            ".resources.gpu.allowCpuFallback",
         ),
     )
     model: ModelSource = Field(description="The model to serve.")
@@ -440,6 +468,15 @@ class ModelServiceStatus(BaseModel):
         default=None, alias="latestReadyRevision", description="Knative revision serving traffic."
     )
     device: Literal["cpu", "gpu"] | None = Field(default=None, description="cpu or gpu.")
+    execution_provider: Literal["CPUExecutionProvider", "CUDAExecutionProvider", "PerReplica"] | None = Field(
+        default=None,
+        alias="executionProvider",
+        description="onnx runtime: the onnxruntime execution provider the serving revision's replicas "
+        "run on. CUDAExecutionProvider for a GPU spec holds by construction: a replica that cannot "
+        "use CUDA exits instead of serving. PerReplica with resources.gpu.allowCpuFallback: each "
+        "replica's zeroserve_execution_provider metric says which it got. Set once the revision is "
+        "Ready.",
+    )
     message: str | None = Field(default=None, description="The state in one sentence.")
     conditions: list[Condition] | None = Field(
         default=None, description="Ready, ServiceReady, and more where useful."

@@ -20,7 +20,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from zeroserve_operator import api, metrics
 from zeroserve_operator.ownership import FIELD_MANAGER, owned_fields_match
-from zeroserve_operator.resources import knative, status
+from zeroserve_operator.resources import knative, status, triton
 from zeroserve_operator.settings import OperatorSettings
 
 CONFLICT_RETRIES = 3
@@ -255,7 +255,7 @@ async def _runtime_failure(
         logger.warning("cannot list pods in %s (403); runtime failures show at Knative's deadline", namespace)
         return None
     as_dicts = api_client.sanitize_for_serialization(pods.items)
-    return status.runtime_failure(as_dicts, knative.CONTAINER_NAME)
+    return status.runtime_failure(as_dicts, knative.CONTAINER_NAME, triton.FETCH_CONTAINER)
 
 
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:

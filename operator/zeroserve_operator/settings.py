@@ -21,9 +21,16 @@ class OperatorSettings(BaseSettings):
         default=f"ghcr.io/zeroserve/runtime-onnx:{__version__}",
         description="Image for runtime.name=onnx when the ModelService names none.",
     )
+    onnx_gpu_image: str = Field(
+        default=f"ghcr.io/zeroserve/runtime-onnx:{__version__}-gpu",
+        description="Image for runtime.name=onnx with resources.gpu when the ModelService names none: the "
+        "same runtime with onnxruntime-gpu and its CUDA and cuDNN libraries (runtimes/onnx/Dockerfile, "
+        "--build-arg DEVICE=gpu). The CPU image refuses to serve a GPU spec.",
+    )
     triton_image: str = Field(
-        default=f"ghcr.io/zeroserve/runtime-triton:{__version__}",
-        description="Image for runtime.name=triton: Triton with Zeroserve's model fetcher as entrypoint.",
+        default="nvcr.io/nvidia/tritonserver:24.10-py3",
+        description="Image for runtime.name=triton: NVIDIA's Triton, unmodified (24.10 is Triton 2.51, the "
+        "release the tests run). The model is fetched by an init container from onnx_image.",
     )
     gpu_node_selector: dict[str, str] = Field(
         default_factory=dict,

@@ -71,15 +71,10 @@ def memory_limit() -> int:
 INFLIGHT_SHARE = 0.25
 
 
-class RuntimeSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="ZEROSERVE_",
-        extra="ignore",
-        protected_namespaces=(),
-        cli_kebab_case=True,
-        cli_prog_name="zeroserve serve",
-        cli_implicit_flags=True,
-    )
+class ModelSourceSettings(BaseSettings):
+    """Where the model is and how it is checked: shared by `zeroserve serve` and `zeroserve fetch`."""
+
+    model_config = SettingsConfigDict(env_prefix="ZEROSERVE_", extra="ignore", protected_namespaces=())
 
     model_uri: str = Field(description="Model file: a path, file://, http(s)://, s3:// or gs:// URI.")
     model_name: str = Field(default="model", description="Name the model is served under.")
@@ -95,10 +90,31 @@ class RuntimeSettings(BaseSettings):
         description="Where fetched models are kept. May be shared by every pod of a node: with a SHA-256 "
         "a cached file is re-hashed on each use.",
     )
+
+
+class RuntimeSettings(ModelSourceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ZEROSERVE_",
+        extra="ignore",
+        protected_namespaces=(),
+        cli_kebab_case=True,
+        cli_prog_name="zeroserve serve",
+        cli_implicit_flags=True,
+    )
+
     host: str = Field(default="0.0.0.0", description="Address to listen on.")
     http_port: int = Field(default=8080, ge=0, le=65535, description="REST (OIP v2) port.")
     grpc_port: int = Field(default=9000, ge=0, le=65535, description="gRPC (OIP v2) port; 0 turns gRPC off.")
-    device: Literal["cpu", "gpu"] = Field(default="cpu", description="gpu uses CUDA when onnxruntime has it.")
+    device: Literal["cpu", "gpu"] = Field(
+        default="cpu",
+        description="gpu runs on onnxruntime's CUDA execution provider, and refuses to start without it "
+        "unless --allow-cpu-fallback.",
+    )
+    allow_cpu_fallback: bool = Field(
+        default=False,
+        description="With --device gpu, serve on CPU when CUDA is not available instead of exiting 1. The "
+        "provider in use is in the model metadata and the zeroserve_execution_provider metric.",
+    )
     threads: int | None = Field(
         default=None,
         ge=1,

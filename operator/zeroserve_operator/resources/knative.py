@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,6 +10,7 @@ import kopf
 
 from zeroserve_operator.api import ModelServiceSpec
 from zeroserve_operator.ownership import stamp
+from zeroserve_operator.resources import triton
 from zeroserve_operator.resources.scraping import scrape_annotations
 from zeroserve_operator.settings import OperatorSettings
 
@@ -97,6 +99,9 @@ def runtime_env(name: str, spec: ModelServiceSpec) -> list[dict[str, Any]]:
         # Knative routes one port; a gRPC server nobody can reach would only slow every cold start.
         "ZEROSERVE_GRPC_PORT": GRPC_PORT if spec.runtime.protocol == "grpc" else 0,
         "ZEROSERVE_DEVICE": "gpu" if is_gpu(spec) else "cpu",
+        "ZEROSERVE_ALLOW_CPU_FALLBACK": "true"
+        if spec.resources.gpu and spec.resources.gpu.allow_cpu_fallback
+        else None,
         "ZEROSERVE_THREADS": spec.runtime.threads,
         "ZEROSERVE_PARALLEL_INFERENCES": spec.runtime.parallel_inferences,
         # The runtime's admission limit matches Knative's hard limit, so the queue-proxy and the server
@@ -115,9 +120,20 @@ def runtime_env(name: str, spec: ModelServiceSpec) -> list[dict[str, Any]]:
     return env
 
 
+RESTRICTED_CONTAINER = {
+    "runAsNonRoot": True,
+    "runAsUser": RUNTIME_UID,
+    "runAsGroup": RUNTIME_UID,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "seccompProfile": {"type": "RuntimeDefault"},
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
 def runtime_container(name: str, spec: ModelServiceSpec, settings: OperatorSettings) -> dict[str, Any]:
     runtime = spec.runtime
-    default_image = settings.triton_image if runtime.name == "triton" else settings.onnx_image
     port = (
         {"name": "h2c", "containerPort": GRPC_PORT}
         if runtime.protocol == "grpc"
@@ -125,8 +141,8 @@ def runtime_container(name: str, spec: ModelServiceSpec, settings: OperatorSetti
     )
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
-        "image": runtime.image or default_image,
-        "args": ["serve"] if runtime.name == "onnx" else ["triton"],
+        "image": runtime.image or (settings.onnx_gpu_image if is_gpu(spec) else settings.onnx_image),
+        "args": ["serve"],
         "env": runtime_env(name, spec),
         # Knative routes exactly one port per revision; the runtime serves both protocols regardless.
         "ports": [port],
@@ -138,28 +154,76 @@ def runtime_container(name: str, spec: ModelServiceSpec, settings: OperatorSetti
         # periodSeconds 0 turns on Knative's aggressive probing (every 25ms until ready), which shortens
         # every cold start; Knative then wants no failureThreshold or timeoutSeconds.
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": HTTP_PORT}, "periodSeconds": 0},
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUNTIME_UID,
-            "runAsGroup": RUNTIME_UID,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "privileged": False,
-            "seccompProfile": {"type": "RuntimeDefault"},
-            "capabilities": {"drop": ["ALL"]},
-        },
-        "volumeMounts": [
-            {"name": "model-cache", "mountPath": MODEL_CACHE},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
+        "securityContext": copy.deepcopy(RESTRICTED_CONTAINER),
+        "volumeMounts": model_mounts(spec),
     }
-    if pvc_source(spec):
-        container["volumeMounts"].append({"name": "model-pvc", "mountPath": PVC_MOUNT, "readOnly": True})
     resources = resource_requirements(spec)
     if resources:
         container["resources"] = resources
     if spec.model.secret_ref is not None:
         container["envFrom"] = [{"secretRef": {"name": spec.model.secret_ref.name}}]
+    return container
+
+
+def model_mounts(spec: ModelServiceSpec) -> list[dict[str, Any]]:
+    """What the container that fetches the model mounts: the cache, /tmp and a pvc:// model's claim."""
+    mounts: list[dict[str, Any]] = [
+        {"name": "model-cache", "mountPath": MODEL_CACHE},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if pvc_source(spec):
+        mounts.append({"name": "model-pvc", "mountPath": PVC_MOUNT, "readOnly": True})
+    return mounts
+
+
+def fetch_container(name: str, spec: ModelServiceSpec, settings: OperatorSettings) -> dict[str, Any]:
+    """Triton's init container: `zeroserve fetch` from the runtime image downloads and verifies the
+    model as the onnx runtime would, and writes Triton's model repository with its config.pbtxt."""
+    env = [e for e in runtime_env(name, spec) if e["name"] in triton.FETCH_ENV]
+    env += [
+        {"name": "ZEROSERVE_MODEL_REPOSITORY", "value": triton.MODEL_REPOSITORY},
+        {"name": "ZEROSERVE_TRITON_CONFIG", "value": triton.model_config(name, spec)},
+    ]
+    container: dict[str, Any] = {
+        "name": triton.FETCH_CONTAINER,
+        "image": settings.onnx_image,
+        "args": ["fetch"],
+        "env": env,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": copy.deepcopy(RESTRICTED_CONTAINER),
+        "volumeMounts": [*model_mounts(spec), {"name": "models", "mountPath": triton.MODEL_REPOSITORY}],
+    }
+    if spec.model.secret_ref is not None:
+        container["envFrom"] = [{"secretRef": {"name": spec.model.secret_ref.name}}]
+    return container
+
+
+def triton_container(spec: ModelServiceSpec, settings: OperatorSettings) -> dict[str, Any]:
+    """NVIDIA's tritonserver, unmodified, serving the repository the init container wrote."""
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.runtime.image or settings.triton_image,
+        "args": triton.server_args(spec),
+        "ports": [triton.port(spec)],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        # Strict readiness: ready once every model in the repository is loaded. Probed on the HTTP port
+        # even when Knative routes gRPC, as the onnx runtime is.
+        "readinessProbe": {
+            "httpGet": {"path": "/v2/health/ready", "port": triton.TRITON_HTTP_PORT},
+            "periodSeconds": 0,
+        },
+        # NVIDIA's image has the user triton-server as uid 1000.
+        "securityContext": copy.deepcopy(RESTRICTED_CONTAINER),
+        "volumeMounts": [
+            {"name": "models", "mountPath": triton.MODEL_REPOSITORY, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    if spec.env:
+        container["env"] = [var.model_dump(by_alias=True, exclude_none=True) for var in spec.env]
+    resources = resource_requirements(spec)
+    if resources:
+        container["resources"] = resources
     return container
 
 
@@ -216,6 +280,12 @@ def build_knative_service(body: Mapping[str, Any], settings: OperatorSettings) -
         ],
         **pod_placement(spec, settings),
     }
+    metrics_port = HTTP_PORT
+    if spec.runtime.name == "triton":
+        template_spec["initContainers"] = [fetch_container(name, spec, settings)]
+        template_spec["containers"] = [triton_container(spec, settings)]
+        template_spec["volumes"].append({"name": "models", "emptyDir": {}})
+        metrics_port = triton.TRITON_METRICS_PORT
     if pvc := pvc_source(spec):
         template_spec["volumes"].append(
             {"name": "model-pvc", "persistentVolumeClaim": {"claimName": pvc[0], "readOnly": True}}
@@ -242,7 +312,7 @@ def build_knative_service(body: Mapping[str, Any], settings: OperatorSettings) -
                     "labels": dict(pod_labels),
                     "annotations": {
                         **autoscaling_annotations(spec, settings),
-                        **scrape_annotations(HTTP_PORT),
+                        **scrape_annotations(metrics_port),
                     },
                 },
                 "spec": template_spec,

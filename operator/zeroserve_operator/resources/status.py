@@ -20,6 +20,7 @@ FEATURE_DEFAULTS = {
     "kubernetes.podspec-tolerations": "disabled",
     "kubernetes.podspec-persistent-volume-claim": "disabled",
     "kubernetes.podspec-persistent-volume-write": "disabled",
+    "kubernetes.podspec-init-containers": "disabled",
 }
 # nodeSelector and tolerations pass when a flag is "allowed" too; PVCs need exactly "enabled".
 FEATURE_ACCEPTS = {
@@ -28,6 +29,7 @@ FEATURE_ACCEPTS = {
     "kubernetes.podspec-tolerations": {"enabled", "allowed"},
     "kubernetes.podspec-persistent-volume-claim": {"enabled"},
     "kubernetes.podspec-persistent-volume-write": {"enabled"},
+    "kubernetes.podspec-init-containers": {"enabled"},
 }
 
 
@@ -50,6 +52,8 @@ def required_features(ksvc: Mapping[str, Any]) -> list[str]:
         needed.append("kubernetes.podspec-persistent-volume-claim")
     if any(not claim.get("readOnly", False) for claim in claims):
         needed.append("kubernetes.podspec-persistent-volume-write")
+    if pod.get("initContainers"):
+        needed.append("kubernetes.podspec-init-containers")
     return needed
 
 
@@ -167,9 +171,25 @@ def observed_status(
         "url": url,
         "latestReadyRevision": revision,
         "device": "gpu" if spec.resources.gpu is not None else "cpu",
+        # Only a ready revision's: until then the one serving (if any) is the previous revision, and with
+        # it the previous value.
+        "executionProvider": (
+            execution_provider(spec) if ready["status"] == "True" else previous.get("executionProvider")
+        ),
         "message": message,
         "conditions": merge_conditions(previous.get("conditions"), updates),
     }
+
+
+def execution_provider(spec: ModelServiceSpec) -> str | None:
+    """The onnxruntime execution provider a spec's replicas serve on, known without reading them (the
+    operator has no pods/proxy): the runtime exits rather than serve a GPU spec on CPU, so a GPU
+    replica that serves is on CUDA, unless the spec allowed CPU. Triton is not onnxruntime's server."""
+    if spec.runtime.name != "onnx":
+        return None
+    if spec.resources.gpu is None:
+        return "CPUExecutionProvider"
+    return "PerReplica" if spec.resources.gpu.allow_cpu_fallback else "CUDAExecutionProvider"
 
 
 # Waiting reasons that will not clear by themselves: the container cannot even start.
@@ -184,29 +204,58 @@ STUCK_WAITING = {
 MESSAGE_TAIL = 600
 
 
-def runtime_failure(pods: Sequence[Mapping[str, Any]], container: str) -> tuple[str, str] | None:
+def runtime_failure(
+    pods: Sequence[Mapping[str, Any]], container: str, init_container: str | None = None
+) -> tuple[str, str] | None:
     """Why the runtime container of a ModelService's pods cannot serve, from the pods' own status, or None.
+    `init_container` is the one that fetches the model before the server starts (Triton's).
 
     Knative looks at a revision's pods only when the revision is reconciled, which a crash loop does not
     cause until the progress deadline passes (15 minutes by default here); the pods say it at once."""
     for pod in pods:
         if pod["metadata"].get("deletionTimestamp"):
             continue
-        for status in (pod.get("status") or {}).get("containerStatuses") or []:
-            if status.get("name") != container:
-                continue
+        pod_status = pod.get("status") or {}
+        watched = [
+            *(
+                ("The model fetch (init container)", s)
+                for s in pod_status.get("initContainerStatuses") or []
+                if s.get("name") == init_container
+            ),
+            *(
+                ("The runtime", s)
+                for s in pod_status.get("containerStatuses") or []
+                if s.get("name") == container
+            ),
+        ]
+        for who, status in watched:
             waiting = (status.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in STUCK_WAITING:
                 return waiting["reason"], waiting.get("message") or waiting["reason"]
-            terminated = (status.get("lastState") or {}).get("terminated") or {}
+            # A failed init container may still be in its terminated state, not yet restarted.
+            terminated = (
+                (status.get("lastState") or {}).get("terminated")
+                or (status.get("state") or {}).get("terminated")
+                or {}
+            )
             if terminated.get("exitCode", 0) != 0:
-                said = (terminated.get("message") or "").strip()[-MESSAGE_TAIL:]
+                said = _last_words(terminated.get("message") or "")
                 return (
                     "RuntimeFailed",
-                    f"The runtime exited with code {terminated['exitCode']} "
+                    f"{who} exited with code {terminated['exitCode']} "
                     f"({status.get('restartCount', 0)} restarts)" + (f": {said}" if said else "."),
                 )
     return _unschedulable(pods)
+
+
+def _last_words(log: str) -> str:
+    """The reason in a failed container's last log lines: their end, where a runtime says why it exits,
+    or for Triton, whose last line only says that some model failed, the line naming the model and why."""
+    log = log.strip()
+    model_failed = log.rfind("failed to load '")
+    if model_failed != -1:
+        return log[model_failed:][:MESSAGE_TAIL]
+    return log[-MESSAGE_TAIL:]
 
 
 def _unschedulable(pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
