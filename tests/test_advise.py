@@ -286,7 +286,10 @@ def test_advise_profiles_simulates_and_recommends(
         c["cost_per_1m_usd"] for c in cands if c["meets"]
     )
     # A warm minimum removes cold starts, which the trade-off sentence prices.
-    assert any(s.startswith("Knative: minReplicas 1 instead of 0 adds $") for s in out["tradeoffs"])
+    assert any(
+        s.startswith("Knative: minReplicas 1 instead of 0 adds $") and "cold-start waits" in s
+        for s in out["tradeoffs"]
+    )
     ms = yaml.safe_load((tmp_path / "out" / "modelservice.yaml").read_text())
     assert ms["kind"] == "ModelService" and ms["spec"]["resources"]["cpu"] == "1"
     assert "--memory-size 1769" in out["settings"]["lambda"]

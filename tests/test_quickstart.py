@@ -69,6 +69,13 @@ def test_quickstart_end_to_end(tmp_path: Path, control_plane, modelservice_crd, 
     assert (out / "report.html").stat().st_size > 10_000
     assert "$/1M inf" in text and "report.html" in text
 
+    # It ends advising on the same model and load, in seconds: a winner, and the file to re-run it.
+    advice = json.loads((out / "advise" / "advice.json").read_text())
+    assert advice["winner"]["meets"] and advice["model"]["sha256"] in text
+    assert "re-run it: zeroserve advise" in text and (out / "advise.yaml").is_file()
+    step = re.search(r"\[7/7\] zeroserve advise.*?done in (\d+\.\d) s", text, re.S)
+    assert step and float(step.group(1)) < 30, "the advise step should take seconds"
+
     # The bench file it wrote runs again as is.
     bench = yaml.safe_load((out / "bench.yaml").read_text())
     assert [t["name"] for t in bench["targets"]] == ["zeroserve", "gcf", "lambda"]

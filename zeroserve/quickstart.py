@@ -3,7 +3,8 @@
 It trains a real digits classifier, serves it three ways (the Zeroserve runtime, the Google Cloud Function
 and the AWS Lambda handler, each as a local process), runs a short bursty comparison against the three
 with `zeroserve bench` (first, so each target's first request is its cold start), checks they all answer
-what scikit-learn answers, and prints the ModelService that would deploy the same model to a cluster.
+what scikit-learn answers, prints the ModelService that would deploy the same model to a cluster, and
+ends with `zeroserve advise` on the same model and load: the cheapest configuration per platform.
 Every process it starts is stopped on the way out, Ctrl-C too.
 """
 
@@ -26,7 +27,7 @@ from zeroserve.children import dies_with_parent
 
 MODEL_NAME = "digits"
 INPUT = "pixels"
-STEPS = 6
+STEPS = 7
 
 
 class QuickstartError(RuntimeError):
@@ -364,6 +365,8 @@ def run(out: Path, duration: float, seed: int, console: Any) -> int:
             (out / "modelservice.yaml").write_text(text)
             console.print(text, highlight=False, markup=False)
             console.print(f"      saved as {out / 'modelservice.yaml'}", highlight=False, markup=False)
+        with _step(console, 7, "zeroserve advise: the cheapest configuration for an hour of this load"):
+            advise_step(out, model, payload, workload, console)
     except (QuickstartError, LoadgenError, BenchFileError, urllib.error.URLError, OSError) as e:
         # Messages name extras and paths, 'zeroserve[quickstart]', which rich would take for markup.
         console.print(
@@ -377,6 +380,49 @@ def run(out: Path, duration: float, seed: int, console: Any) -> int:
         procs.stop()
     console.print(f"quickstart finished in {time.monotonic() - started:.0f} s", highlight=False)
     return 0 if result.ok else 1
+
+
+def advise_file(model: DemoModel, payload: dict[str, Any], workload: Any, limited: bool) -> dict[str, Any]:
+    """A small advise file: the demo model, the quickstart's bursty load stretched to an hour, a few
+    knobs per platform, profiled at one vCPU only, so the step takes seconds."""
+    return {
+        "model": {"path": str(model.path), "name": MODEL_NAME, "sha256": model.sha256},
+        "payload": payload,
+        "workload": {**workload.model_dump(mode="json"), "duration_s": 3600},
+        "objectives": {"p99_ms": 50, "min_success_ratio": 0.999},
+        "profile": {"vcpus": [1.0], "requests": 20, "cpu_limits": "cgroup" if limited else "none"},
+        "platforms": {
+            "knative": {"vcpu": [1.0], "min_scale": [0, 1], "target": [1, 4]},
+            "lambda": {"memory_mb": [1024, 1769], "provisioned_concurrency": [0, 1]},
+            "cloud_run": {"vcpu": [1.0], "concurrency": [1, 8], "min_instances": [0, 1]},
+            "always_on": {"presets": ["aws-c7i.xlarge"], "replicas": [1]},
+        },
+    }
+
+
+def advise_step(out: Path, model: DemoModel, payload: dict[str, Any], workload: Any, console: Any) -> None:
+    import yaml
+
+    from zeroserve.advise import config
+    from zeroserve.advise.cli import advise_loaded
+    from zeroserve.advise.profile import ProfileError, cgroup_available
+
+    limited = cgroup_available()
+    if not limited:
+        console.print(
+            "      no writable cgroup CPU controller here (root and cgroups needed): profiling without CPU "
+            "limits",
+            highlight=False,
+            markup=False,
+        )
+    doc = advise_file(model, payload, workload, limited)
+    (out / "advise.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    try:
+        loaded = config.resolve(config.parse(doc, "advise.yaml"), out)
+        advise_loaded(loaded, out / "advise", console, top=3)
+    except (config.AdviseFileError, ProfileError) as e:
+        raise QuickstartError(f"advise: {e}") from None
+    console.print(f"      re-run it: zeroserve advise {out / 'advise.yaml'}", highlight=False, markup=False)
 
 
 def _quickstart(args: Any) -> int:

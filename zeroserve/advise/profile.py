@@ -141,6 +141,15 @@ class CpuQuota:
         return ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(self.path), *argv]
 
 
+def cgroup_available() -> bool:
+    """Whether this process can make cgroups with a CPU quota (root, a cpu controller)."""
+    try:
+        with CpuQuota(1.0, "probe"):
+            return True
+    except ProfileError:
+        return False
+
+
 @contextlib.contextmanager
 def cpu_limit(vcpu: float, tag: str, enabled: bool) -> Iterator[Callable[[list[str]], list[str]]]:
     if not enabled:
