@@ -339,6 +339,10 @@ def test_validate_runs_the_runtime_for_real_and_compares(
     assert meas / 3 < pred < meas * 3, (pred, meas)
     assert "predicted against measured" in r.stdout
     assert r.returncode == (0 if result["within"] else 1)
+    # The bench's report draws the offered load and success ratio under the latency, and the cost.
+    page = (tmp_path / "out" / "validate" / "zeroserve" / "report.html").read_text()
+    assert 'alt="offered load and success ratio over time" src="data:image/png;base64,' in page
+    assert 'alt="cost per 1M inferences" src="data:image/png;base64,' in page
     # What the bench sent is a trace advise can replay: the same arrivals.
     samples = tmp_path / "out" / "validate" / "zeroserve" / "samples.csv"
     trace = parse({**BASE, "workload": {"type": "trace", "samples_csv": str(samples)}}).workload

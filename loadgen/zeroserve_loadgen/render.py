@@ -258,8 +258,79 @@ def plots(report: Report) -> tuple[str, str, str | None]:
                 plt.close(fig)
 
 
+def load_and_cost_plots(report: Report) -> tuple[str, str | None]:
+    """The offered load (the schedule's sends per second, over the workload's rate) above each target's
+    success ratio over time, on the latency plot's time axis; and cost per 1M inferences as bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [t.name for t in report.plan.targets]
+    fig, (load_ax, ok_ax) = plt.subplots(2, 1, figsize=(9, 4.6), sharex=True, height_ratios=[1, 1])
+    bars = None
+    try:
+        sched = np.array([s.scheduled_s for s in report.samples])
+        span = max([1.0, *(s.sent_s + s.latency_s for s in report.samples)])
+        width = max(1.0, span / 120)  # about 120 bins, whatever the length of the run
+        edges = np.arange(0, span + width, width)
+        for k, name in enumerate(names):
+            mine = np.array([s.target == k for s in report.samples], dtype=bool)
+            if not mine.any():
+                continue
+            color = f"C{k % 10}"
+            sent, _ = np.histogram(sched[mine], edges)
+            load_ax.step(edges[:-1], sent / width, where="post", color=color, alpha=0.8, label=f"{name} sent")
+            ok = np.array([s.ok for s in report.samples], dtype=bool)[mine]
+            good, _ = np.histogram(sched[mine][ok], edges)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = np.where(sent > 0, good / np.maximum(sent, 1), np.nan)
+            ok_ax.step(edges[:-1], ratio, where="post", color=color, label=name)
+            cold = report.cold_start_flags[mine]
+            for i, t in enumerate(sched[mine][cold][:MAX_COLD_MARKS]):
+                ok_ax.axvline(
+                    t, color=color, linestyle=":", alpha=0.4, label=f"{name} cold" if not i else None
+                )
+        workload = report.plan.workload
+        for i, (start, end, rate) in enumerate(workload.segments()):
+            for window_start, _ in report.plan.windows()[:1]:
+                load_ax.hlines(
+                    rate,
+                    window_start + start,
+                    window_start + end,
+                    color="black",
+                    lw=1,
+                    label="workload rate" if not i else None,
+                )
+        load_ax.set(ylabel="req/s", title="Offered load (sends per second) and success ratio over time")
+        ok_ax.set(xlabel="time since start (s)", ylabel="success ratio", ylim=(-0.05, 1.05))
+        for ax in (load_ax, ok_ax):
+            ax.grid(True, alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize="small")
+        priced = [(t.name, t.cost_per_1m_usd) for t in report.targets if t.cost_per_1m_usd is not None]
+        if priced:
+            bars, ax = plt.subplots(figsize=(9, 0.6 + 0.45 * len(priced)))
+            ax.barh(
+                [n for n, _ in priced],
+                [c for _, c in priced],
+                color=[f"C{names.index(n) % 10}" for n, _ in priced],
+            )
+            for i, (_, c) in enumerate(priced):
+                ax.annotate(f" ${c:,.2f}", (c, i), va="center", fontsize="small")
+            ax.set(xlabel="$ per 1M successful inferences", title="Cost")
+            ax.invert_yaxis()
+            ax.grid(True, axis="x", alpha=0.3)
+        return _png(fig), None if bars is None else _png(bars)
+    finally:
+        plt.close(fig)
+        if bars is not None:
+            plt.close(bars)
+
+
 def write_html(report: Report, path: Path) -> None:
     over_time, cdf, replicas = plots(report)
+    load, cost = load_and_cost_plots(report)
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in HEADERS)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in table_rows(report))
@@ -283,10 +354,18 @@ code {{ background: #f4f4f4; padding: .1rem .3rem; }}
 Cost per 1M successful inferences, at list prices recorded {PRICES_RECORDED}:</p><ul>{pricing}</ul>
 {f'<h2>Warnings</h2><ul class="warn">{warnings}</ul>' if warnings else ""}
 <h2>Latency over time</h2><img alt="latency over time" src="data:image/png;base64,{over_time}">
-{_replicas_section(replicas)}<h2>Latency CDF</h2><img alt="latency CDF" src="data:image/png;base64,{cdf}">
+<img alt="offered load and success ratio over time" src="data:image/png;base64,{load}">
+{_replicas_section(replicas)}{_cost_section(cost)}
+<h2>Latency CDF</h2><img alt="latency CDF" src="data:image/png;base64,{cdf}">
 </body></html>
 """
     path.write_text(page)
+
+
+def _cost_section(png: str | None) -> str:
+    if png is None:
+        return ""
+    return f'<h2>Cost</h2><img alt="cost per 1M inferences" src="data:image/png;base64,{png}">\n'
 
 
 def _replicas_section(png: str | None) -> str:
