@@ -142,3 +142,22 @@ async def namespace(api_client: aclient.ApiClient) -> AsyncIterator[str]:
     await core.create_namespace(aclient.V1Namespace(metadata=aclient.V1ObjectMeta(name=name)))
     yield name
     await core.delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def chart_operator(knative_cluster: ControlPlane) -> Iterator[str]:
+    """The operator, installed from the chart as a user would, watching every namespace; its Deployment."""
+    from release import OPERATOR_NAMESPACE, install_operator, uninstall
+
+    deployment = install_operator(knative_cluster, "zeroserve", OPERATOR_NAMESPACE)
+    yield deployment
+    uninstall(knative_cluster, "zeroserve", OPERATOR_NAMESPACE)
+
+
+@pytest.fixture(scope="module")
+def model_url() -> Iterator[str]:
+    """EfficientNet-Lite0 from ../shared/models, served over HTTP on the node's bridge."""
+    from modelhost import SHARED_MODELS, serve_models
+
+    with serve_models(SHARED_MODELS) as base:
+        yield f"{base}/efficientnet-lite0.onnx"

@@ -10,6 +10,8 @@ from controlplane import ControlPlane
 from pods import rollout
 
 CHART = Path(__file__).resolve().parent.parent / "charts" / "zeroserve"
+# Where the node tests install the operator from the chart.
+OPERATOR_NAMESPACE = "zeroserve-system"
 
 
 def helm(plane: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:

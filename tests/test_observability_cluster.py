@@ -20,13 +20,11 @@ import pytest
 import yaml
 from controlplane import Binaries, ControlPlane
 from knative import KNATIVE_NAMESPACE
-from modelhost import SHARED_MODELS, serve_models
 from pods import apply, pods, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from prometheusproc import Prometheus, finite
-from release import install_operator, uninstall
 from test_chart import by_kind, render
-from test_serverless import MODEL, OPERATOR_NAMESPACE, Ingress, infer_body, modelservice, modelservice_ready
+from test_serverless import Ingress, infer_body, modelservice, modelservice_ready
 from zeroserve_operator.resources import scraping
 from zeroserve_runtime.metrics import COLD_START_PHASES
 
@@ -40,19 +38,6 @@ RATE_INTERVAL = "1m"
 # What README's observability section tells users to set: queue-proxy serves its request metrics on
 # http-usermetric (9091) only with it (knative.dev/serving v0.50 pkg/queue/sharedmain/otel.go).
 REQUEST_METRICS = {"request-metrics-protocol": "prometheus"}
-
-
-@pytest.fixture(scope="module")
-def operator(knative_cluster: ControlPlane) -> Iterator[str]:
-    deployment = install_operator(knative_cluster, "zeroserve", OPERATOR_NAMESPACE)
-    yield deployment
-    uninstall(knative_cluster, "zeroserve", OPERATOR_NAMESPACE)
-
-
-@pytest.fixture(scope="module")
-def model_url() -> Iterator[str]:
-    with serve_models(SHARED_MODELS) as base:
-        yield f"{base}/{MODEL.name}"
 
 
 @pytest.fixture
@@ -115,7 +100,7 @@ def by_phase(prometheus: Prometheus, expr: str) -> dict[str, float]:
 
 def test_prometheus_scrapes_revision_pods_and_sees_the_cold_start_of_a_scale_from_zero(
     knative_cluster: ControlPlane,
-    operator: str,
+    chart_operator: str,
     ns: str,
     model_url: str,
     request_metrics: None,

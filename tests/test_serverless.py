@@ -13,7 +13,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -25,29 +24,14 @@ import tritonclient.http as httpclient
 import yaml
 from controlplane import ControlPlane
 from knative import DOMAIN, TRAEFIK_NAMESPACE, set_features
-from modelhost import SHARED_MODELS, serve_models, sha256_of
+from modelhost import SHARED_MODELS, sha256_of
 from pods import apply, node_model_cache, pods, run_python, service_address, wait_for
-from release import install_operator, uninstall
+from release import OPERATOR_NAMESPACE
 from zeroserve_operator.resources.knative import build_knative_service
 from zeroserve_operator.settings import OperatorSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = SHARED_MODELS / "efficientnet-lite0.onnx"
-OPERATOR_NAMESPACE = "zeroserve-system"
-
-
-@pytest.fixture(scope="module")
-def operator(knative_cluster: ControlPlane) -> Iterator[str]:
-    """The operator, installed from the chart as a user would, watching every namespace."""
-    deployment = install_operator(knative_cluster, "zeroserve", OPERATOR_NAMESPACE)
-    yield deployment
-    uninstall(knative_cluster, "zeroserve", OPERATOR_NAMESPACE)
-
-
-@pytest.fixture(scope="module")
-def model_url() -> Iterator[str]:
-    with serve_models(SHARED_MODELS) as base:
-        yield f"{base}/{MODEL.name}"
 
 
 def modelservice(name: str, model_url: str, **spec: Any) -> dict[str, Any]:
@@ -102,7 +86,7 @@ def infer_body(x: np.ndarray) -> bytes:
 
 
 def test_modelservice_from_apply_to_answer_to_zero_and_cold_again(
-    knative_cluster: ControlPlane, operator: str, ns: str, model_url: str
+    knative_cluster: ControlPlane, chart_operator: str, ns: str, model_url: str
 ) -> None:
     plane = knative_cluster
     apply(plane, ns, [modelservice("effnet", model_url)])
@@ -200,7 +184,7 @@ def finished_report(proc: subprocess.Popen[str], out: Path, timeout: float = 300
 
 
 def test_update_under_load_rolls_a_new_revision_without_a_failed_request(
-    knative_cluster: ControlPlane, operator: str, ns: str, model_url: str, tmp_path: Path
+    knative_cluster: ControlPlane, chart_operator: str, ns: str, model_url: str, tmp_path: Path
 ) -> None:
     plane = knative_cluster
     apply(plane, ns, [modelservice("rolling", model_url, scaling={"minReplicas": 1})])
@@ -247,7 +231,7 @@ def test_update_under_load_rolls_a_new_revision_without_a_failed_request(
 
 
 def test_deleting_the_modelservice_removes_service_revisions_and_pods(
-    knative_cluster: ControlPlane, operator: str, ns: str, model_url: str
+    knative_cluster: ControlPlane, chart_operator: str, ns: str, model_url: str
 ) -> None:
     plane = knative_cluster
     apply(plane, ns, [modelservice("gone", model_url, scaling={"minReplicas": 1})])
@@ -268,7 +252,7 @@ def test_deleting_the_modelservice_removes_service_revisions_and_pods(
 
 
 def test_cluster_local_visibility_is_reachable_inside_and_not_through_the_ingress(
-    knative_cluster: ControlPlane, operator: str, ns: str, model_url: str
+    knative_cluster: ControlPlane, chart_operator: str, ns: str, model_url: str
 ) -> None:
     plane = knative_cluster
     apply(plane, ns, [modelservice("private", model_url, visibility="cluster-local")])
@@ -295,7 +279,7 @@ def test_cluster_local_visibility_is_reachable_inside_and_not_through_the_ingres
     ids=["wrong-sha256", "missing-model"],
 )
 def test_a_model_that_cannot_load_gives_the_runtimes_reason_in_a_condition(
-    knative_cluster: ControlPlane, operator: str, ns: str, model_url: str, problem: str, expected: str
+    knative_cluster: ControlPlane, chart_operator: str, ns: str, model_url: str, problem: str, expected: str
 ) -> None:
     """Within seconds, not at Knative's progress deadline: the operator reads the crash-looping pod."""
     plane = knative_cluster
@@ -332,7 +316,7 @@ def cache_counters(plane: ControlPlane, ns: str, service: str) -> dict[str, floa
 
 
 def test_a_node_cache_claim_keeps_the_model_for_the_next_cold_start(
-    knative_cluster: ControlPlane, operator: str, ns: str, model_url: str
+    knative_cluster: ControlPlane, chart_operator: str, ns: str, model_url: str
 ) -> None:
     """spec.model.cache: the first replica downloads the model into the claim, and the cold start after
     scale to zero loads it from there without a download. A claim that does not exist is named in the
@@ -393,7 +377,7 @@ def dry_run(plane: ControlPlane, ns: str, obj: dict[str, Any]) -> subprocess.Com
 
 
 def test_knatives_webhook_judges_the_operators_services(
-    knative_cluster: ControlPlane, operator: str, ns: str, model_url: str
+    knative_cluster: ControlPlane, chart_operator: str, ns: str, model_url: str
 ) -> None:
     """The CPU example and a GPU-shaped spec, built by the operator's pure builder, go through Knative's
     real validating webhook; with the config-features flags off the webhook refuses the GPU one, and the
@@ -453,7 +437,7 @@ def test_knatives_webhook_judges_the_operators_services(
 
 
 def test_operator_restarted_during_a_scale_up_loses_nothing_and_converges(
-    knative_cluster: ControlPlane, operator: str, ns: str, model_url: str, tmp_path: Path
+    knative_cluster: ControlPlane, chart_operator: str, ns: str, model_url: str, tmp_path: Path
 ) -> None:
     plane = knative_cluster
     # containerConcurrency 2: Knative's queue-proxy holds what the runtime is not yet working on.
@@ -527,7 +511,7 @@ def test_operator_restarted_during_a_scale_up_loses_nothing_and_converges(
 )
 def test_bursts_through_scale_ups_all_succeed_and_the_report_counts_cold_starts_and_replicas(
     knative_cluster: ControlPlane,
-    operator: str,
+    chart_operator: str,
     ns: str,
     model_url: str,
     tmp_path: Path,

@@ -15,10 +15,9 @@ import tempfile
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from zeroserve_runtime.errors import ModelLoadError
-from zeroserve_runtime.settings import ModelSourceSettings
+from zeroserve_runtime.settings import ModelSourceSettings, cli_settings
 from zeroserve_runtime.storage import fetch, redact
 
 VERSION = "1"
@@ -28,14 +27,7 @@ MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
 class FetchSettings(ModelSourceSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="ZEROSERVE_",
-        extra="ignore",
-        protected_namespaces=(),
-        cli_kebab_case=True,
-        cli_prog_name="zeroserve fetch",
-        cli_implicit_flags=True,
-    )
+    model_config = cli_settings("zeroserve fetch")
 
     model_repository: Path = Field(
         description="Triton model repository to write: <repository>/<model-name>/1/model.onnx."

@@ -92,15 +92,20 @@ class ModelSourceSettings(BaseSettings):
     )
 
 
-class RuntimeSettings(ModelSourceSettings):
-    model_config = SettingsConfigDict(
+def cli_settings(prog: str) -> SettingsConfigDict:
+    """ZEROSERVE_* variables, or the matching kebab-case flags of the subcommand `prog`."""
+    return SettingsConfigDict(
         env_prefix="ZEROSERVE_",
         extra="ignore",
         protected_namespaces=(),
         cli_kebab_case=True,
-        cli_prog_name="zeroserve serve",
+        cli_prog_name=prog,
         cli_implicit_flags=True,
     )
+
+
+class RuntimeSettings(ModelSourceSettings):
+    model_config = cli_settings("zeroserve serve")
 
     host: str = Field(default="0.0.0.0", description="Address to listen on.")
     http_port: int = Field(default=8080, ge=0, le=65535, description="REST (OIP v2) port.")
