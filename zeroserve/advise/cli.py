@@ -30,6 +30,18 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--validate-duration", type=float, default=60.0, help="seconds of load per validation (default 60)"
     )
+    k = p.add_argument_group(
+        "validating on a cluster",
+        "with --validate and --knative-url, also bench the ModelService deployed from modelservice.yaml "
+        "and compare its cold starts and replica-seconds with the simulation",
+    )
+    k.add_argument("--knative-url", help="the ModelService's URL (status.url, or the ingress address)")
+    k.add_argument("--knative-host", help="Host header for the route, when the URL is the ingress address")
+    k.add_argument("--knative-namespace", default="default")
+    k.add_argument(
+        "--knative-selector", help="its pods' label selector, e.g. serving.knative.dev/service=NAME"
+    )
+    k.add_argument("--kubeconfig", type=Path)
     p.set_defaults(func=_advise)
 
 
@@ -39,8 +51,27 @@ def _advise(args: Any) -> int:
     console = Console()
     if not console.is_terminal:
         console.width = 150
+    knative = None
+    if args.knative_url:
+        if not args.knative_selector:
+            console.print("[red]error:[/] --knative-url needs --knative-selector to count the replicas")
+            return 2
+        knative = {
+            "url": args.knative_url,
+            "host": args.knative_host,
+            "namespace": args.knative_namespace,
+            "selector": args.knative_selector,
+            "kubeconfig": args.kubeconfig,
+        }
     return run(
-        args.advise_file, args.out, console, args.top, args.duration, args.validate, args.validate_duration
+        args.advise_file,
+        args.out,
+        console,
+        args.top,
+        args.duration,
+        args.validate,
+        args.validate_duration,
+        knative,
     )
 
 
@@ -52,6 +83,7 @@ def run(
     duration: float | None = None,
     validate: bool = False,
     validate_duration: float = 60.0,
+    knative: dict[str, Any] | None = None,
 ) -> int:
     from rich.markup import escape
 
@@ -73,6 +105,19 @@ def run(
 
         try:
             ok = validate_local(loaded, profile, out / "validate", console, validate_duration, advice)
+            if knative is not None:
+                from zeroserve.advise.validate import validate_knative
+
+                compared = validate_knative(
+                    loaded,
+                    profile,
+                    advice,
+                    out=out / "validate",
+                    console=console,
+                    duration=validate_duration,
+                    **knative,
+                )
+                ok = ok and not compared.misses()
         except ValidateError as e:
             console.print(f"[red]validate failed:[/] {escape(str(e))}", highlight=False)
             return 1

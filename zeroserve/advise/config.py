@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
-import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -545,22 +544,29 @@ def load(path: Path) -> Loaded:
     return resolve(parse(raw, str(path)), path.parent, str(path))
 
 
-def profile_vcpus(spec: AdviseFile, cores: int) -> list[float]:
-    """The CPU quotas to profile: every vCPU a configuration asks for, capped at this machine's cores
-    (beyond them the profile cannot measure; the simulation uses the largest point)."""
-    if spec.profile.vcpus:
-        wanted = set(spec.profile.vcpus)
-    else:
-        wanted = set()
-        p = spec.platforms
-        if p.knative.enabled:
-            wanted.update(p.knative.vcpu)
-        if p.cloud_run.enabled:
-            wanted.update(p.cloud_run.vcpu)
-        if p.lambda_.enabled:
-            wanted.update(round(p.lambda_.vcpu(m), 2) for m in p.lambda_.memory_mb)
-        if p.always_on.enabled:
-            from zeroserve.advise.pricing import NODES
+LADDER = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
-            wanted.update(NODES[n].vcpu for n in p.always_on.presets)
-    return sorted({min(float(cores), max(0.05, round(v, 2))) for v in wanted if not math.isnan(v)})
+
+def profile_vcpus(spec: AdviseFile, cores: int) -> list[float]:
+    """The CPU quotas to profile: the ladder 0.25, 0.5, 1, 2, ... from the rung at or below the smallest
+    vCPU a configuration asks for to the rung at or above the largest, capped at this machine's cores
+    (beyond them nothing can be measured; the simulation uses the largest point). Between rungs the
+    profile interpolates in log-log, which keeps a sweep of a dozen Lambda memory sizes to a few points."""
+    if spec.profile.vcpus:
+        return sorted({min(float(cores), max(0.05, round(v, 2))) for v in spec.profile.vcpus})
+    wanted: set[float] = set()
+    p = spec.platforms
+    if p.knative.enabled:
+        wanted.update(p.knative.vcpu)
+    if p.cloud_run.enabled:
+        wanted.update(p.cloud_run.vcpu)
+    if p.lambda_.enabled:
+        wanted.update(p.lambda_.vcpu(m) for m in p.lambda_.memory_mb)
+    if p.always_on.enabled:
+        from zeroserve.advise.pricing import NODES
+
+        wanted.update(NODES[n].vcpu for n in p.always_on.presets)
+    low, high = min(wanted), min(max(wanted), float(cores))
+    start = max([r for r in LADDER if r <= low] or [LADDER[0]])
+    stop = min([r for r in LADDER if r >= high] or [LADDER[-1]])
+    return sorted({min(float(cores), r) for r in LADDER if start <= r <= stop})

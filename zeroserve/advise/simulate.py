@@ -35,6 +35,7 @@ class SimResult:
     billed_s: np.ndarray | None = None  # Lambda: per request duration
     init_s: np.ndarray | None = None  # Lambda: billed INIT per request
     on_provisioned: np.ndarray | None = None
+    throttled: np.ndarray | None = None  # Lambda: refused at the concurrency limit, never invoked
     replicas: list[tuple[float, int]] = field(default_factory=list)  # (t, count) at each change
 
     @property
@@ -134,6 +135,7 @@ def simulate_lambda(
         billed_s=svc.copy(),
         init_s=np.asarray(billed_init),
         on_provisioned=np.asarray(on_pc, dtype=bool),
+        throttled=~np.asarray(ok_throttle, dtype=bool),
     )
 
 
@@ -378,7 +380,8 @@ def simulate_pool(
             end = lb_start[k] + lb_base[k] * ratio[size]
             for m in lb_members[k]:
                 comp[m] = end
-            add(old_end, end, size - 1)
+            if kpa:
+                add(old_end, min(end, t + timeout_s), size - 1)
             lb_size[k] = size
             lb_members[k].append(i)
         else:
@@ -388,7 +391,10 @@ def simulate_pool(
         bu[k] = end
         comp[i] = end
         cold[i] = ready_at[k] > t
-        add(t, end)
+        if kpa:
+            # A client gives up at its timeout and the proxies stop counting the request then; it also
+            # bounds the work per request when a configuration is overloaded.
+            add(t, min(end, t + timeout_s))
     end_t = max([wall_s, *bu]) if bu else wall_s
     while kpa and next_tick <= wall_s:
         tick(next_tick)

@@ -206,7 +206,8 @@ class Sweep:
             wall_s=self.wall,
         )
         assert sim.billed_s is not None and sim.init_s is not None and sim.on_provisioned is not None
-        answered = sim.ok | sim.cold  # throttled requests are not billed
+        assert sim.throttled is not None
+        answered = ~sim.throttled  # a throttled request is never invoked; a timed-out one is billed
         cost = pricing.lambda_cost(
             k["memory_mb"],
             p.architecture,

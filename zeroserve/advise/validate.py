@@ -340,3 +340,115 @@ def validate_local(
         raise ValidateError(str(e)) from None
     print_comparisons(results, console)
     return all(c.within for c in results)
+
+
+# -- on a cluster: a real Knative ModelService ------------------------------------------------------------
+
+COLD_TOLERANCE = 0.10
+REPLICA_SECONDS_TOLERANCE = 0.20
+
+
+@dataclass
+class KnativeComparison:
+    knobs: dict[str, Any]
+    predicted_cold: int
+    measured_cold: int
+    predicted_replica_seconds: float
+    measured_replica_seconds: float | None
+    predicted_p50_ms: float
+    measured_p50_ms: float | None
+    predicted_p99_ms: float
+    measured_p99_ms: float | None
+
+    def misses(self) -> list[str]:
+        """What is outside the goals, with the assumption most likely behind it."""
+        out = []
+        if self.measured_cold and abs(self.predicted_cold / self.measured_cold - 1) > COLD_TOLERANCE:
+            out.append(
+                f"cold starts {self.predicted_cold} predicted, {self.measured_cold} measured: the "
+                "scale-to-zero timing (stable_window_s, scale_to_zero_grace_s, the cluster's "
+                "config-autoscaler) differs"
+            )
+        elif not self.measured_cold and self.predicted_cold:
+            out.append(f"cold starts {self.predicted_cold} predicted, none measured")
+        got = self.measured_replica_seconds
+        if got and abs(self.predicted_replica_seconds / got - 1) > REPLICA_SECONDS_TOLERANCE:
+            out.append(
+                f"replica-seconds {self.predicted_replica_seconds:,.0f} predicted, {got:,.0f} measured: "
+                "the KPA's windows or pod_start_s (scheduling, image pull) differ from the cluster's"
+            )
+        return out
+
+
+def validate_knative(
+    loaded: Any,
+    profile: Profile,
+    advice: Any,
+    url: str,
+    namespace: str,
+    selector: str,
+    out: Path,
+    console: Any,
+    duration: float,
+    host: str | None = None,
+    kubeconfig: Path | None = None,
+) -> KnativeComparison:
+    """Bench a ModelService deployed with the Knative pick's settings (advise writes it as
+    modelservice.yaml; apply it first) on the same arrivals cut to `duration`, recording its replicas,
+    and compare cold starts, replica-seconds, p50 and p99 with the simulation of that configuration.
+    Measure on an MMPP whose quiet periods straddle the scale-to-zero window: sporadic bursts alone all
+    start cold and prove little."""
+    from zeroserve_loadgen.bench import BenchOptions, run_bench
+    from zeroserve_loadgen.runner import LoadgenError
+    from zeroserve_loadgen.targets import ReplicaSource, Target
+
+    from zeroserve.advise.sweep import Sweep
+
+    spec = loaded.spec
+    pick = advice.winners.get("knative") or (advice.by_platform.get("knative") or [None])[0]
+    if pick is None:
+        raise ValidateError("no Knative configuration to validate: enable platforms.knative")
+    workload = shortened(loaded.workload, duration)
+    arrivals = np.asarray(workload.arrivals(), dtype=float)
+    predicted = Sweep(spec, profile, arrivals, workload.duration).run("knative", pick.knobs)
+    assert predicted.sim is not None
+    target = Target(
+        name="knative",
+        kind="oip-rest",
+        url=url,
+        model=spec.model.name,
+        headers={"Host": host} if host else {},
+        replicas=ReplicaSource(namespace=namespace, selector=selector, kubeconfig=kubeconfig),
+        pricing={"model": "node", "preset": spec.platforms.knative.node, "replica_cpu": pick.knobs["vcpu"]},
+    )
+    try:
+        result = run_bench([target], loaded.payload, workload, BenchOptions(out_dir=out / "knative"), console)
+    except LoadgenError as e:
+        raise ValidateError(f"knative: {e}") from None
+    t = result.report.targets[0]
+    comparison = KnativeComparison(
+        knobs=pick.knobs,
+        predicted_cold=int(predicted.sim.cold.sum()),
+        measured_cold=t.cold_starts,
+        predicted_replica_seconds=predicted.replica_seconds,
+        measured_replica_seconds=t.replica_seconds,
+        predicted_p50_ms=predicted.p50_ms,
+        measured_p50_ms=t.latency_ms.get("p50"),
+        predicted_p99_ms=predicted.p99_ms,
+        measured_p99_ms=t.latency_ms.get("p99"),
+    )
+    (out / "validate-knative.json").write_bytes(
+        orjson.dumps({**asdict(comparison), "misses": comparison.misses()}, option=orjson.OPT_INDENT_2)
+    )
+    console.print(
+        f"knative {pick.label()}: cold starts {comparison.predicted_cold} predicted / "
+        f"{comparison.measured_cold} measured; replica-seconds {comparison.predicted_replica_seconds:,.0f} / "
+        f"{comparison.measured_replica_seconds or 0:,.0f}; p50 {comparison.predicted_p50_ms:,.1f} / "
+        f"{comparison.measured_p50_ms or 0:,.1f} ms; p99 {comparison.predicted_p99_ms:,.1f} / "
+        f"{comparison.measured_p99_ms or 0:,.1f} ms",
+        highlight=False,
+        markup=False,
+    )
+    for line in comparison.misses():
+        console.print(f"  {line}", highlight=False, markup=False)
+    return comparison
