@@ -111,7 +111,8 @@ def test_report_matches_the_servers_own_counters(runtime: RuntimeProcess, tmp_pa
             assert client_share <= cumulative / total + 1e-9, f"{name}: more clients than server under {le}s"
 
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2
+    # Latency over time, offered load and success ratio under it, cost bars, latency CDF.
+    assert html.count("data:image/png;base64,") == 4
     summary = list(csv.DictReader((out / "summary.csv").open()))
     assert [r["target"] for r in summary] == ["rest", "grpc"]
     # Replicas were not asked for: no empty series that would read as zero pods.
