@@ -32,6 +32,7 @@ RUNTIME_ALLOWED = {
     "onnxruntime",
     "numpy",
     "orjson",
+    "pysimdjson",  # JSON tensors straight into typed buffers, 3.5x faster on 1 MB bodies (#17)
     "pydantic",
     "pydantic-core",
     "pydantic-settings",
