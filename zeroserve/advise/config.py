@@ -394,8 +394,10 @@ class Platforms(_Strict):
 
 class ProfileSettings(_Strict):
     batch_sizes: list[int] = Field([1], description="Batch sizes to time; the runtime's batching uses them.")
-    requests: int = Field(60, ge=5, le=10_000, description="Timed requests per point (after warm-up).")
-    max_point_s: float = Field(15.0, gt=0, description="Stop timing a point after this many seconds.")
+    requests: int = Field(
+        100, ge=5, le=10_000, description="Timed requests per point (after warm-up); the tail needs many."
+    )
+    max_point_s: float = Field(8.0, gt=0, description="Stop timing a point after this many seconds.")
     cpu_limits: Literal["cgroup", "none"] = Field(
         "cgroup",
         description="cgroup: each point runs under a cgroup v1/v2 CPU quota, as a container would (needs "
@@ -566,6 +568,7 @@ def profile_vcpus(spec: AdviseFile, cores: int) -> list[float]:
         from zeroserve.advise.pricing import NODES
 
         wanted.update(NODES[n].vcpu for n in p.always_on.presets)
+    wanted = {round(v, 2) for v in wanted}  # 1769 MB x (1 / 1769) is 0.99999..., not below 1
     low, high = min(wanted), min(max(wanted), float(cores))
     start = max([r for r in LADDER if r <= low] or [LADDER[0]])
     stop = min([r for r in LADDER if r >= high] or [LADDER[-1]])

@@ -100,25 +100,24 @@ def predict(
     wall_s: float,
     timeout_s: float,
     seed: int,
-    front_s: float = 0.0,
+    through_front: list[float] | None = None,
 ) -> tuple[float, float]:
     """p50 and p99 of the same arrivals through one warm FIFO server with the profile's service times.
     A function's local HTTP front end (the Lambda URL emulator, functions-framework) is not the cloud's,
-    so the profile does not hold it: `front_s` adds it, timed on the process before the run."""
+    so the profile does not hold it: `through_front` are paced requests through it, timed on the process
+    before the run (the handler's profiled time plus the front end's, tail included)."""
     u = np.random.default_rng([seed, 3]).random(len(arrivals))
-    if plan.service == "runtime":
+    if plan.service == "runtime" or not through_front:
         svc = draw(profile.runtime_service(plan.vcpu), u)
     else:
-        svc = draw(profile.handler_service(plan.vcpu), u) + front_s
+        svc = draw(np.asarray(through_front), u)
     sim = simulate_pool(arrivals, svc, 0.0, 0.0, timeout_s, wall_s, min_scale=1, max_scale=1)
     return sim.percentiles_ms()
 
 
-def front_end_s(local: _Local, profile: Profile, model: str, body: bytes, gap_s: float) -> float:
-    """A local function's HTTP front end: paced requests through it, less the profiled in-process
-    handler time at the same vCPU (medians)."""
-    through = time_http(local.port, model, body, 40, 10.0, lambda: None, gap_s)
-    return max(0.0, float(np.median(through)) - float(np.median(profile.handler_service(local.plan.vcpu))))
+def through_front_end(local: _Local, model: str, body: bytes, gap_s: float) -> list[float]:
+    """Paced requests through a local function's HTTP front end, as the profile times the runtime."""
+    return time_http(local.port, model, body, 60, 10.0, lambda: None, gap_s)
 
 
 class _Local:
@@ -227,10 +226,11 @@ def run_local(
             local = _Local(plan, wrap, env, out / f"{plan.name}.log")
             try:
                 local.wait_ready()
-                front = 0.0
+                through: list[float] | None = None
                 if plan.service == "handler":
                     body = orjson.dumps(loaded.payload)
-                    front = front_end_s(local, profile, spec.model.name, body, spec.profile.gap_ms / 1000)
+                    through = through_front_end(local, spec.model.name, body, spec.profile.gap_ms / 1000)
+                    front = float(np.median(through) - np.median(profile.handler_service(plan.vcpu)))
                     console.print(f"  its local HTTP front end: {front * 1000:.2f} ms", highlight=False)
                 target = Target(name=plan.name, kind=plan.kind, url=local.url, model=spec.model.name)  # type: ignore[arg-type]
                 try:
@@ -247,7 +247,7 @@ def run_local(
                 local.stop()
         t = result.report.targets[0]
         p50, p99 = predict(
-            profile, plan, arrivals, workload.duration, spec.objectives.timeout_s, spec.seed, front
+            profile, plan, arrivals, workload.duration, spec.objectives.timeout_s, spec.seed, through
         )
         results.append(
             Comparison(
