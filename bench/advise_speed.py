@@ -81,7 +81,7 @@ def spec_for(path: Path, name: str, cache: Path) -> object:
             "workload": HOUR_MMPP,
             "objectives": {"p99_ms": 500, "min_success_ratio": 0.999},
             "platforms": PLATFORMS,
-            "profile": {"cache_dir": str(cache), "requests": 30, "max_point_s": 6},
+            "profile": {"cache_dir": str(cache)},  # the defaults a user gets
         }
     )
 
