@@ -201,8 +201,9 @@ async def test_replica_count_over_the_run_is_recorded_and_drawn(
     assert [r["max_replicas"] for r in summary] == ["2", "2"]
     assert "max replicas" in text
     html = (out / "report.html").read_text()
+    # The report's four plots (latency, offered load and success, cost, CDF) and the replicas drawn.
     assert 'alt="replicas over time" src="data:image/png;base64,' in html
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 5
 
 
 def test_an_api_server_that_cannot_be_reached_is_named_and_the_run_goes_on(
