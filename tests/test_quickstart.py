@@ -34,11 +34,13 @@ def _ports(stdout: str) -> dict[str, int]:
 def test_quickstart_end_to_end(tmp_path: Path, control_plane, modelservice_crd, namespace: str) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "qs"
     started = time.monotonic()
+    # A relative --out, run from its parent, as `make quickstart` does from the repository.
     result = subprocess.run(
-        [ZEROSERVE, "quickstart", "--out", str(out), "--duration", "6"],
+        [ZEROSERVE, "quickstart", "--out", "qs", "--duration", "6"],
         capture_output=True,
         text=True,
         timeout=240,
+        cwd=tmp_path,
     )
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -75,6 +77,18 @@ def test_quickstart_end_to_end(tmp_path: Path, control_plane, modelservice_crd, 
     assert "re-run it: zeroserve advise" in text and (out / "advise.yaml").is_file()
     step = re.search(r"\[7/7\] zeroserve advise.*?done in (\d+\.\d) s", text, re.S)
     assert step and float(step.group(1)) < 30, "the advise step should take seconds"
+    # The re-run command it prints works as printed, from where the quickstart ran.
+    rerun = re.search(r"re-run it: (zeroserve advise \S+)", text)
+    assert rerun, text[-2000:]
+    again = subprocess.run(
+        [ZEROSERVE, *rerun.group(1).split()[1:], "--out", "again"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert json.loads((tmp_path / "again" / "advice.json").read_text())["winner"]["meets"]
 
     # The bench file it wrote runs again as is.
     bench = yaml.safe_load((out / "bench.yaml").read_text())

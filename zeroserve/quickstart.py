@@ -382,11 +382,15 @@ def run(out: Path, duration: float, seed: int, console: Any) -> int:
     return 0 if result.ok else 1
 
 
-def advise_file(model: DemoModel, payload: dict[str, Any], workload: Any, limited: bool) -> dict[str, Any]:
-    """A small advise file: the demo model, the quickstart's bursty load stretched to an hour, a few
-    knobs per platform, profiled at one vCPU only, so the step takes seconds."""
+def advise_file(
+    model: DemoModel, payload: dict[str, Any], workload: Any, limited: bool, folder: Path
+) -> dict[str, Any]:
+    """A small advise file, to be saved in `folder`: the demo model, the quickstart's bursty load
+    stretched to an hour, a few knobs per platform, profiled at one vCPU only, so the step takes seconds."""
+    # Relative to the file, as advise reads it: the printed re-run command works from any directory.
+    path = os.path.relpath(model.path.resolve(), folder.resolve())
     return {
-        "model": {"path": str(model.path), "name": MODEL_NAME, "sha256": model.sha256},
+        "model": {"path": path, "name": MODEL_NAME, "sha256": model.sha256},
         "payload": payload,
         "workload": {**workload.model_dump(mode="json"), "duration_s": 3600},
         "objectives": {"p99_ms": 50, "min_success_ratio": 0.999},
@@ -415,7 +419,7 @@ def advise_step(out: Path, model: DemoModel, payload: dict[str, Any], workload: 
             highlight=False,
             markup=False,
         )
-    doc = advise_file(model, payload, workload, limited)
+    doc = advise_file(model, payload, workload, limited, out)
     (out / "advise.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     try:
         loaded = config.resolve(config.parse(doc, "advise.yaml"), out)
