@@ -28,6 +28,10 @@ class SimResult:
     cold: np.ndarray  # waited for a cold start
     wall_s: float
     starts: int = 0  # replicas / environments started during the run
+    # Pool (Knative): replicas whose first request waited for them to start. A runtime flags one
+    # cold-start answer per process, so this, not `cold` (every request that waited), is what a
+    # measured run's cold-start count compares with.
+    cold_starts: int = 0
     max_replicas: int = 0
     replica_seconds: float = 0.0  # Knative and always-on: replicas existing, starting ones included
     busy_s: float = 0.0  # Cloud Run: instance time with a request in it
@@ -284,6 +288,7 @@ def simulate_pool(
     lb_size = [0] * min_scale
     lb_base = [0.0] * min_scale
     lb_members: list[list[int]] = [[] for _ in range(min_scale)]
+    waited_on = [False] * min_scale  # some request waited for this replica's start
     replica_seconds = 0.0
     starts = 0
     peak = min_scale
@@ -307,6 +312,7 @@ def simulate_pool(
         lb_size.append(0)
         lb_base.append(0.0)
         lb_members.append([])
+        waited_on.append(False)
         starts += 1
         peak = max(peak, len(bu))
 
@@ -314,10 +320,11 @@ def simulate_pool(
         nonlocal replica_seconds
         # A replica told to go finishes what it holds first (Knative drains it).
         replica_seconds += max(now, bu[k]) - created[k]
-        for lst in (bu, ready_at, created, lb_start, lb_size, lb_base, lb_members):
+        for lst in (bu, ready_at, created, lb_start, lb_size, lb_base, lb_members, waited_on):
             del lst[k]
 
     panic_until = -1.0
+    cold_starts = 0
     zero_since: float | None = None
     next_tick = kpa.tick_s if kpa else math.inf
 
@@ -391,6 +398,9 @@ def simulate_pool(
         bu[k] = end
         comp[i] = end
         cold[i] = ready_at[k] > t
+        if cold[i] and not waited_on[k]:
+            waited_on[k] = True
+            cold_starts += 1
         if kpa:
             # A client gives up at its timeout and the proxies stop counting the request then; it also
             # bounds the work per request when a configuration is overloaded.
@@ -408,6 +418,7 @@ def simulate_pool(
         cold_a,
         wall,
         starts=starts,
+        cold_starts=cold_starts,
         max_replicas=peak,
         replica_seconds=replica_seconds,
         replicas=replicas,

@@ -380,6 +380,35 @@ class KnativeComparison:
         return out
 
 
+def _knative_prediction(loaded: Any, profile: Profile, advice: Any, duration: float) -> tuple[Any, Any, Any]:
+    from zeroserve.advise.sweep import Sweep
+
+    pick = advice.winners.get("knative") or (advice.by_platform.get("knative") or [None])[0]
+    if pick is None:
+        raise ValidateError("no Knative configuration to validate: enable platforms.knative")
+    workload = shortened(loaded.workload, duration)
+    arrivals = np.asarray(workload.arrivals(), dtype=float)
+    predicted = Sweep(loaded.spec, profile, arrivals, workload.duration).run("knative", pick.knobs)
+    assert predicted.sim is not None
+    return pick, workload, predicted
+
+
+def predict_knative(loaded: Any, profile: Profile, advice: Any, duration: float) -> dict[str, Any]:
+    """What validate_knative will compare against, without a cluster: to size a workload first."""
+    pick, _, predicted = _knative_prediction(loaded, profile, advice, duration)
+    sim = predicted.sim
+    return {
+        "knobs": pick.knobs,
+        "requests": int(sim.ok.size),
+        "cold_starts": sim.cold_starts,
+        "cold_requests": int(sim.cold.sum()),
+        "replica_starts": sim.starts,
+        "replica_seconds": predicted.replica_seconds,
+        "p50_ms": predicted.p50_ms,
+        "p99_ms": predicted.p99_ms,
+    }
+
+
 def validate_knative(
     loaded: Any,
     profile: Profile,
@@ -402,16 +431,8 @@ def validate_knative(
     from zeroserve_loadgen.runner import LoadgenError
     from zeroserve_loadgen.targets import ReplicaSource, Target
 
-    from zeroserve.advise.sweep import Sweep
-
     spec = loaded.spec
-    pick = advice.winners.get("knative") or (advice.by_platform.get("knative") or [None])[0]
-    if pick is None:
-        raise ValidateError("no Knative configuration to validate: enable platforms.knative")
-    workload = shortened(loaded.workload, duration)
-    arrivals = np.asarray(workload.arrivals(), dtype=float)
-    predicted = Sweep(spec, profile, arrivals, workload.duration).run("knative", pick.knobs)
-    assert predicted.sim is not None
+    pick, workload, predicted = _knative_prediction(loaded, profile, advice, duration)
     target = Target(
         name="knative",
         kind="oip-rest",
@@ -428,7 +449,7 @@ def validate_knative(
     t = result.report.targets[0]
     comparison = KnativeComparison(
         knobs=pick.knobs,
-        predicted_cold=int(predicted.sim.cold.sum()),
+        predicted_cold=predicted.sim.cold_starts,
         measured_cold=t.cold_starts,
         predicted_replica_seconds=predicted.replica_seconds,
         measured_replica_seconds=t.replica_seconds,
