@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 MLSERVER_VENV ?= /tmp/peers
 KSERVE_VENV ?= /tmp/peers-kserve
 
-.PHONY: quickstart test lint pytest setup control-plane images cluster-up e2e bench-e2e bench-node bench-controlplane bench-operator bench-runtime bench-peers bench-loadgen crd clean
+.PHONY: quickstart test lint pytest setup control-plane images cluster-up e2e bench-e2e bench-advise-knative bench-node bench-controlplane bench-operator bench-runtime bench-peers bench-loadgen crd clean
 
 ## quickstart: install Zeroserve and run its main job on the embedded default
 quickstart: $(STAMP)
@@ -60,6 +60,11 @@ e2e: $(STAMP) control-plane images
 ## bench-e2e: scale from zero to first inference, 7 times, beside a raw-onnxruntime Knative Service
 bench-e2e: $(STAMP) control-plane images
 	$(BIN)/python bench/e2e_coldstart.py --runs 7
+
+## bench-advise-knative: zeroserve advise --validate on the test cluster's Knative: predicted against
+## measured cold starts and replica-seconds over an MMPP whose quiet spells straddle scale to zero
+bench-advise-knative: $(STAMP) control-plane images
+	$(BIN)/python bench/advise_knative.py
 
 ## bench-node: cluster start with a Ready node, and a runtime pod from create to its first inference
 bench-node: $(STAMP) control-plane images

@@ -359,10 +359,27 @@ class KnativeComparison:
     measured_p50_ms: float | None
     predicted_p99_ms: float
     measured_p99_ms: float | None
+    # The simulation's time from zero to serving (pod_start_s plus the profiled runtime cold start), the
+    # measured cold answers' median, and the replica peaks: what names the assumption behind a miss.
+    predicted_cold_s: float = 0.0
+    measured_cold_p50_ms: float | None = None
+    predicted_max_replicas: int = 0
+    measured_max_replicas: int | None = None
 
     def misses(self) -> list[str]:
         """What is outside the goals, with the assumption most likely behind it."""
         out = []
+        cold_ms = self.measured_cold_p50_ms
+        if cold_ms and cold_ms / 1000 > 2 * self.predicted_cold_s:
+            # A start this much slower than assumed keeps the activator's buffered requests in the KPA's
+            # panic window: it scales out far, and replicas the node cannot fit wait Pending but count.
+            out.append(
+                f"cold answers took {cold_ms / 1000:,.1f} s (median), the simulation starts a replica in "
+                f"{self.predicted_cold_s:,.1f} s: pod_start_s is too small for this cluster (scheduling, "
+                "a CPU-starved node); replicas peaked at "
+                f"{self.measured_max_replicas} against {self.predicted_max_replicas} predicted, and the "
+                "simulation has no node capacity, so replicas that cannot be scheduled are not modelled"
+            )
         if self.measured_cold and abs(self.predicted_cold / self.measured_cold - 1) > COLD_TOLERANCE:
             out.append(
                 f"cold starts {self.predicted_cold} predicted, {self.measured_cold} measured: the "
@@ -457,6 +474,11 @@ def validate_knative(
         measured_p50_ms=t.latency_ms.get("p50"),
         predicted_p99_ms=predicted.p99_ms,
         measured_p99_ms=t.latency_ms.get("p99"),
+        predicted_cold_s=spec.platforms.knative.assumptions.pod_start_s
+        + profile.runtime_cold_s(pick.knobs["vcpu"]),
+        measured_cold_p50_ms=t.cold_latency_ms.get("p50"),
+        predicted_max_replicas=predicted.sim.max_replicas,
+        measured_max_replicas=t.max_replicas,
     )
     (out / "validate-knative.json").write_bytes(
         orjson.dumps({**asdict(comparison), "misses": comparison.misses()}, option=orjson.OPT_INDENT_2)
