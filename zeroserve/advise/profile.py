@@ -311,6 +311,28 @@ def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return r.status, r.read()
 
 
+def wait_until_ready(
+    proc: subprocess.Popen[bytes],
+    base_url: str,
+    log: Path,
+    timeout_s: float,
+    what: str,
+    error: type[Exception],
+) -> None:
+    """Until `proc` answers ready on the OIP's health route; an exit or the timeout raises `error` with
+    the log's end."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise error(f"{what} exited with status {proc.returncode}:\n{tail}")
+        with contextlib.suppress(OSError):
+            if _get(f"{base_url}/v2/health/ready")[0] == 200:
+                return
+        time.sleep(0.05)
+    raise error(f"{what} was not ready within {timeout_s:.0f} s; log: {log}")
+
+
 class _Server:
     """`zeroserve serve` in the quota, on loopback."""
 
@@ -330,16 +352,9 @@ class _Server:
             )
 
     def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log.read_text(errors="replace")[-2000:]
-                raise ProfileError(f"the runtime exited with status {self.proc.returncode}:\n{tail}")
-            with contextlib.suppress(OSError):
-                if _get(f"http://127.0.0.1:{self.port}/v2/health/ready")[0] == 200:
-                    return
-            time.sleep(0.05)
-        raise ProfileError(f"the runtime was not ready within {timeout_s:.0f} s; log: {self.log}")
+        wait_until_ready(
+            self.proc, f"http://127.0.0.1:{self.port}", self.log, timeout_s, "the runtime", ProfileError
+        )
 
     def cold_phases(self) -> dict[str, float]:
         _, body = _get(f"http://127.0.0.1:{self.port}/metrics")

@@ -13,14 +13,12 @@ not share the cores with each other (they still share them with the load generat
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import math
 import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,15 @@ from typing import Any
 import numpy as np
 import orjson
 
-from zeroserve.advise.profile import Profile, ProfileError, _env, _free_port, _get, cpu_limit, time_http
+from zeroserve.advise.profile import (
+    Profile,
+    ProfileError,
+    _env,
+    _free_port,
+    cpu_limit,
+    time_http,
+    wait_until_ready,
+)
 from zeroserve.advise.simulate import draw, simulate_pool
 from zeroserve.children import dies_with_parent
 
@@ -153,16 +159,7 @@ class _Local:
             )
 
     def wait_ready(self, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log.read_text(errors="replace")[-1500:]
-                raise ValidateError(f"{self.plan.name} exited with status {self.proc.returncode}:\n{tail}")
-            with contextlib.suppress(OSError):
-                if _get(f"{self.url}/v2/health/ready")[0] == 200:
-                    return
-            time.sleep(0.05)
-        raise ValidateError(f"{self.plan.name} was not ready within {timeout_s:.0f} s; log: {self.log}")
+        wait_until_ready(self.proc, self.url, self.log, timeout_s, self.plan.name, ValidateError)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
