@@ -333,32 +333,21 @@ def wait_until_ready(
     raise error(f"{what} was not ready within {timeout_s:.0f} s; log: {log}")
 
 
-class _Server:
-    """`zeroserve serve` in the quota, on loopback."""
+class Child:
+    """A child process with its output in `log`, dying with its parent: the profiled runtime, and the
+    targets --validate benches."""
 
-    def __init__(self, argv_wrap: Callable[[list[str]], list[str]], env: dict[str, str], log: Path) -> None:
-        self.port = _free_port()
-        argv = [sys.executable, "-m", "zeroserve.cli", "serve", "--http-port", str(self.port)]
-        argv += ["--grpc-port", "0", "--host", "127.0.0.1"]
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                argv_wrap(argv),
+                argv,
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=dies_with_parent(signal.SIGTERM),
             )
-
-    def wait_ready(self, timeout_s: float) -> None:
-        wait_until_ready(
-            self.proc, f"http://127.0.0.1:{self.port}", self.log, timeout_s, "the runtime", ProfileError
-        )
-
-    def cold_phases(self) -> dict[str, float]:
-        _, body = _get(f"http://127.0.0.1:{self.port}/metrics")
-        return {phase: float(v) for phase, v in COLD_METRIC.findall(body.decode())}
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -368,6 +357,25 @@ class _Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class _Server(Child):
+    """`zeroserve serve` in the quota, on loopback."""
+
+    def __init__(self, argv_wrap: Callable[[list[str]], list[str]], env: dict[str, str], log: Path) -> None:
+        self.port = _free_port()
+        argv = [sys.executable, "-m", "zeroserve.cli", "serve", "--http-port", str(self.port)]
+        argv += ["--grpc-port", "0", "--host", "127.0.0.1"]
+        super().__init__(argv_wrap(argv), env, log)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        wait_until_ready(
+            self.proc, f"http://127.0.0.1:{self.port}", self.log, timeout_s, "the runtime", ProfileError
+        )
+
+    def cold_phases(self) -> dict[str, float]:
+        _, body = _get(f"http://127.0.0.1:{self.port}/metrics")
+        return {phase: float(v) for phase, v in COLD_METRIC.findall(body.decode())}
 
 
 def time_http(

@@ -16,8 +16,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import signal
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 import orjson
 
 from zeroserve.advise.profile import (
+    Child,
     Profile,
     ProfileError,
     _env,
@@ -36,7 +35,6 @@ from zeroserve.advise.profile import (
     wait_until_ready,
 )
 from zeroserve.advise.simulate import draw, simulate_pool
-from zeroserve.children import dies_with_parent
 
 P50_TOLERANCE = 0.20
 P99_TOLERANCE = 0.30
@@ -126,7 +124,7 @@ def through_front_end(local: _Local, model: str, body: bytes, gap_s: float) -> l
     return time_http(local.port, model, body, 60, 10.0, lambda: None, gap_s)
 
 
-class _Local:
+class _Local(Child):
     def __init__(self, plan: LocalPlan, wrap: Any, env: dict[str, str], log: Path) -> None:
         self.plan = plan
         self.port = _free_port()
@@ -147,28 +145,10 @@ class _Local:
             argv += ["--port", str(self.port)]
             env = {**env, "HOST": "127.0.0.1"}
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                wrap(argv),
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=dies_with_parent(signal.SIGTERM),
-            )
+        super().__init__(wrap(argv), env, log)
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         wait_until_ready(self.proc, self.url, self.log, timeout_s, self.plan.name, ValidateError)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def picks_from(advice: Any, spec: Any) -> dict[str, float]:
