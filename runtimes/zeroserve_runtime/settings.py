@@ -12,14 +12,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def available_cpus() -> int:
-    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a pod's CPU limit)."""
+    """CPUs this process may use: its affinity, capped by the tightest CPU quota of its cgroup and its
+    ancestors (a pod's CPU limit), cgroup v2 or v1. On a v1 node a pod with a 1-CPU limit would otherwise
+    run one inference thread per core and spend the quota's tail throttled."""
     cpus = len(os.sched_getaffinity(0))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cpus = min(cpus, max(1, int(int(quota) / int(period) + 0.5)))
-    except (OSError, ValueError):
-        pass
+    for quota in _cpu_quotas():
+        cpus = min(cpus, max(1, int(quota + 0.5)))
     return cpus
 
 
@@ -27,10 +25,10 @@ def available_cpus() -> int:
 _UNLIMITED = 1 << 62
 
 
-def _cgroup_limits() -> list[int]:
-    """Memory limits of this process's cgroup and its ancestors, v1 and v2. Inside a container the
-    cgroup is mounted at the root; outside (or in tests) it is the path /proc/self/cgroup names."""
-    candidates = [Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")]
+def _cgroup_files(v2_name: str, v1_controller: str, v1_name: str) -> list[Path]:
+    """A cgroup file of this process's cgroup and its ancestors, v2 and v1. Inside a container the cgroup
+    is mounted at the root; outside (or in tests) it is the path /proc/self/cgroup names."""
+    candidates = [Path("/sys/fs/cgroup") / v2_name, Path("/sys/fs/cgroup") / v1_controller / v1_name]
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
@@ -38,22 +36,53 @@ def _cgroup_limits() -> list[int]:
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if controllers == "":  # v2: one unified hierarchy
-            root, name = Path("/sys/fs/cgroup"), "memory.max"
-        elif "memory" in controllers.split(","):
-            root, name = Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"
+            root, name = Path("/sys/fs/cgroup"), v2_name
+        elif v1_controller in controllers.split(","):
+            # Mounted under the controller's name or the joined one ("cpu,cpuacct"); "cpu" is usually a
+            # link to the latter.
+            root, name = Path("/sys/fs/cgroup") / controllers, v1_name
         else:
             continue
         # A parent's limit binds its children too.
         here = Path(path)
         for folder in (here, *here.parents):
             candidates.append(root / str(folder).lstrip("/") / name)
-    limits = []
-    for file in candidates:
-        try:
-            value = file.read_text().strip()
-        except OSError:
+    return candidates
+
+
+def _read(file: Path) -> str | None:
+    try:
+        return file.read_text().strip()
+    except OSError:
+        return None
+
+
+def _cpu_quotas() -> list[float]:
+    """CPU quotas (in CPUs) that bind this process."""
+    quotas = []
+    for file in _cgroup_files("cpu.max", "cpu", "cpu.cfs_quota_us"):
+        text = _read(file)
+        if not text:
             continue
-        if value.isdigit() and int(value) < _UNLIMITED:
+        try:
+            if file.name == "cpu.max":
+                quota, period = text.split()
+                if quota != "max":
+                    quotas.append(int(quota) / int(period))
+            elif int(text) > 0:  # v1: -1 is no limit
+                period = _read(file.with_name("cpu.cfs_period_us"))
+                quotas.append(int(text) / int(period or 100_000))
+        except ValueError:
+            continue
+    return quotas
+
+
+def _cgroup_limits() -> list[int]:
+    """Memory limits of this process's cgroup and its ancestors, v1 and v2."""
+    limits = []
+    for file in _cgroup_files("memory.max", "memory", "memory.limit_in_bytes"):
+        value = _read(file)
+        if value and value.isdigit() and int(value) < _UNLIMITED:
             limits.append(int(value))
     return limits
 
