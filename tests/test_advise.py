@@ -374,9 +374,10 @@ def test_bench_prices_a_scaled_target_from_its_recorded_replica_seconds() -> Non
         targets=[by_replica, by_node], payload={"inputs": []}, workload=Constant(rate=1, duration_s=100)
     )
     samples = [Sample(k, t, t, 0.01, 200, True, False, 0.005, -1, -1, "") for k in (0, 1) for t in range(100)]
-    # One replica for the first 30 s, two for 10 s, then none (scaled to zero) to the end of the run.
+    # One replica for the first 30 s, two for 10 s (and a third Pending, on no node: not paid for), then
+    # none (scaled to zero) to the end of the run.
     t0 = 1000.0
-    rec = Recorded(events=[(t0 - 5, 1, 1), (t0 + 30, 2, 2), (t0 + 40, 0, 0), (t0 + 101, 0, 0)])
+    rec = Recorded(events=[(t0 - 5, 1, 1, 1), (t0 + 30, 2, 3, 2), (t0 + 40, 0, 0, 0), (t0 + 101, 0, 0, 0)])
     report = build_report(plan, samples, [100, 100], replicas={"kn": rec, "node": rec}, start_epoch_s=t0)
     kn, node = report.targets
     assert kn.replica_seconds == pytest.approx(30 * 1 + 10 * 2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import itertools
 import json
 import subprocess
 import sys
@@ -43,7 +44,9 @@ def runtime(tmp_path: Path):  # type: ignore[no-untyped-def]
     server.stop()
 
 
-def _pod(name: str, labels: dict[str, str], finalizer: bool = False) -> aclient.V1Pod:
+def _pod(
+    name: str, labels: dict[str, str], finalizer: bool = False, node: str | None = None
+) -> aclient.V1Pod:
     return aclient.V1Pod(
         metadata=aclient.V1ObjectMeta(
             name=name, labels=labels, finalizers=[FINALIZER] if finalizer else None
@@ -51,8 +54,17 @@ def _pod(name: str, labels: dict[str, str], finalizer: bool = False) -> aclient.
         spec=aclient.V1PodSpec(
             containers=[aclient.V1Container(name="runtime", image="kind.local/zeroserve/runtime:test")],
             automount_service_account_token=False,
+            node_name=node,
         ),
     )
+
+
+async def _bind(core: aclient.CoreV1Api, namespace: str, name: str, node: str) -> None:
+    """What the scheduler does once a node has room: a Pending pod gets its node."""
+    binding = aclient.V1Binding(
+        metadata=aclient.V1ObjectMeta(name=name), target=aclient.V1ObjectReference(kind="Node", name=node)
+    )
+    await core.create_namespaced_pod_binding(name, namespace, binding, _preload_content=False)
 
 
 async def _create(core: aclient.CoreV1Api, namespace: str, pod: aclient.V1Pod) -> None:
@@ -116,7 +128,7 @@ async def test_replica_count_over_the_run_is_recorded_and_drawn(
 ) -> None:
     core = aclient.CoreV1Api(api_client)
     # Before the run: one ready replica, plus pods the selector or the count must leave out.
-    await _create(core, namespace, _pod("a", LABELS, finalizer=True))
+    await _create(core, namespace, _pod("a", LABELS, finalizer=True, node="node-a"))
     await _set_ready(core, namespace, "a", True)
     await _create(core, namespace, _pod("other-service", {"serving.knative.dev/service": "other"}))
     await _set_ready(core, namespace, "other-service", True)
@@ -148,21 +160,24 @@ async def test_replica_count_over_the_run_is_recorded_and_drawn(
 
         await eventually(served, within=60, interval=0.1, what="the bench's first request")
 
-        # Replicas come and go during the run, as Knative's would. Each step is (what, expected count).
-        steps: list[tuple[float, tuple[int, int]]] = []
+        # Replicas come and go during the run, as Knative's would. Each step is (what, expected count):
+        # (ready, total, scheduled).
+        steps: list[tuple[float, tuple[int, int, int]]] = []
 
-        async def step(expected: tuple[int, int], action: Any) -> None:
+        async def step(expected: tuple[int, int, int], action: Any) -> None:
             before = time.time()
             await action
             steps.append((before, expected))
             await asyncio.sleep(0.8)
 
-        await step((1, 2), _create(core, namespace, _pod("b", LABELS)))
-        await step((2, 2), _set_ready(core, namespace, "b", True))
-        await step((1, 2), _set_ready(core, namespace, "a", False))
+        # Pending first: a replica, but on no node.
+        await step((1, 2, 1), _create(core, namespace, _pod("b", LABELS)))
+        await step((1, 2, 2), _bind(core, namespace, "b", "node-b"))
+        await step((2, 2, 2), _set_ready(core, namespace, "b", True))
+        await step((1, 2, 2), _set_ready(core, namespace, "a", False))
         # The finalizer holds the deleted pod as terminating: no longer a replica, though still listed.
-        await step((1, 1), core.delete_namespaced_pod("a", namespace))
-        await step((0, 0), core.delete_namespaced_pod("b", namespace))
+        await step((1, 1, 1), core.delete_namespaced_pod("a", namespace))
+        await step((0, 0, 0), core.delete_namespaced_pod("b", namespace))
         await core.patch_namespaced_pod("a", namespace, {"metadata": {"finalizers": None}})
         stdout, _ = await asyncio.wait_for(output, timeout=120)
     finally:
@@ -181,20 +196,25 @@ async def test_replica_count_over_the_run_is_recorded_and_drawn(
     for target in report["targets"]:
         replicas = target["replicas"]
         # At the start, every change in order, and a fresh count at the end.
-        assert replicas[0] == {"t": 0.0, "ready": 1, "total": 1}
+        assert replicas[0] == {"t": 0.0, "ready": 1, "total": 1, "scheduled": 1}
         changes = replicas[1:-1]
-        assert [(s["ready"], s["total"]) for s in changes] == [e for _, e in steps], replicas
+        assert [(s["ready"], s["total"], s["scheduled"]) for s in changes] == [e for _, e in steps], replicas
         for s, (before, _) in zip(changes, steps, strict=True):
             assert before - t0 <= s["t"] <= before - t0 + EVENT_LATENCY_S, (s, before - t0)
         assert [s["t"] for s in replicas] == sorted(s["t"] for s in replicas)
-        assert (replicas[-1]["ready"], replicas[-1]["total"]) == (0, 0)
+        assert (replicas[-1]["ready"], replicas[-1]["total"], replicas[-1]["scheduled"]) == (0, 0, 0)
         assert replicas[-1]["t"] >= last_send, "the last count is taken after the last request"
         assert target["max_replicas"] == 2
         assert target["replica_errors"] == []
         mine = [r for r in rows if r["target"] == target["name"]]
-        assert [(float(r["t"]), int(r["ready"]), int(r["total"])) for r in mine] == [
-            (s["t"], s["ready"], s["total"]) for s in replicas
+        assert [(float(r["t"]), int(r["ready"]), int(r["total"]), int(r["scheduled"])) for r in mine] == [
+            (s["t"], s["ready"], s["total"], s["scheduled"]) for s in replicas
         ]
+        # Replica-seconds count the scheduled ones: b's Pending time is not in them.
+        held = sum(
+            (after["t"] - here["t"]) * here["scheduled"] for here, after in itertools.pairwise(replicas)
+        )
+        assert replicas[-1]["scheduled"] == 0 and target["replica_seconds"] == pytest.approx(held, abs=0.01)
     assert report["warnings"] == []
 
     summary = list(csv.DictReader((out / "summary.csv").open()))

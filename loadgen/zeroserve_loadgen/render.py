@@ -148,10 +148,10 @@ def _png(fig: Any, tight: bool = True) -> str:
 def write_replicas_csv(report: Report, path: Path) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["target", "t", "ready", "total"])
+        w.writerow(["target", "t", "ready", "total", "scheduled"])
         for t in report.targets:
             for s in t.replicas or []:
-                w.writerow([t.name, s["t"], s["ready"], s["total"]])
+                w.writerow([t.name, s["t"], s["ready"], s["total"], s.get("scheduled", s["total"])])
 
 
 def _time_axes(*figs: Any) -> None:

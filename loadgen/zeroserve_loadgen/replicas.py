@@ -5,7 +5,8 @@ one is patched by gevent and times sends to the millisecond, and decoding pod ob
 sends late. The child lists the pods, then watches them and appends a line to a file at every change of
 (ready, total), stamped with the wall-clock time it saw the change; closing its stdin asks it for a last
 fresh count and to exit. A pod counts as a replica unless it is terminating or finished; a replica is ready
-when its Ready condition is True.
+when its Ready condition is True, and scheduled once it has a node: a Pending one that no node has room for
+holds no CPU, so replica-seconds count only scheduled ones.
 """
 
 from __future__ import annotations
@@ -42,27 +43,32 @@ class ReplicaError(RuntimeError):
 # -- counting (pure) --------------------------------------------------------------------------------------
 
 
-def classify(pod: dict[str, Any]) -> tuple[bool, bool]:
-    """(is a replica, is ready) for a pod as the API returns it."""
+def classify(pod: dict[str, Any]) -> tuple[bool, bool, bool]:
+    """(is a replica, is ready, is scheduled) for a pod as the API returns it."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
-        return False, False
+        return False, False, False
     ready = any(
         c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
     )
-    return True, ready
+    return True, ready, bool((pod.get("spec") or {}).get("nodeName"))
 
 
-def count(pods: dict[str, tuple[bool, bool]]) -> tuple[int, int]:
-    """(ready, total) over classified pods."""
-    return sum(r for _, r in pods.values()), sum(c for c, _ in pods.values())
+def count(pods: dict[str, tuple[bool, bool, bool]]) -> tuple[int, int, int]:
+    """(ready, total, scheduled) over classified pods."""
+    return (
+        sum(r for _, r, _ in pods.values()),
+        sum(c for c, _, _ in pods.values()),
+        sum(c and n for c, _, n in pods.values()),
+    )
 
 
 @dataclass
 class Recorded:
-    """What the child saw: (wall-clock time, ready, total) at start, at every change and at the end."""
+    """What the child saw: (wall-clock time, ready, total, scheduled) at start, at every change and at the
+    end."""
 
-    events: list[tuple[float, int, int]] = field(default_factory=list)
+    events: list[tuple[float, int, int, int]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -73,9 +79,11 @@ def series(recorded: Recorded, t0: float) -> list[dict[str, float | int]]:
         return []
     before = [e for e in recorded.events if e[0] <= t0]
     first = before[-1] if before else recorded.events[0]
-    out: list[dict[str, float | int]] = [{"t": 0.0, "ready": first[1], "total": first[2]}]
-    for when, ready, total in recorded.events[len(before) :]:
-        out.append({"t": round(when - t0, 3), "ready": ready, "total": total})
+    out: list[dict[str, float | int]] = [
+        {"t": 0.0, "ready": first[1], "total": first[2], "scheduled": first[3]}
+    ]
+    for when, ready, total, scheduled in recorded.events[len(before) :]:
+        out.append({"t": round(when - t0, 3), "ready": ready, "total": total, "scheduled": scheduled})
     return out
 
 
@@ -116,8 +124,8 @@ def _api(kubeconfig: str | None, context: str | None) -> Any:
 class _Watcher:
     def __init__(self, api: Any, namespace: str, selector: str, out: Any) -> None:
         self.api, self.namespace, self.selector, self.out = api, namespace, selector, out
-        self.pods: dict[str, tuple[bool, bool]] = {}
-        self.last: tuple[int, int] | None = None
+        self.pods: dict[str, tuple[bool, bool, bool]] = {}
+        self.last: tuple[int, int, int] | None = None
         self.lock = threading.Lock()
         self.done = False
         self.resource_version = ""
@@ -132,7 +140,7 @@ class _Watcher:
         now = count(self.pods)
         if always or now != self.last:
             self.last = now
-            self.write({"t": when, "ready": now[0], "total": now[1]}, final)
+            self.write({"t": when, "ready": now[0], "total": now[1], "scheduled": now[2]}, final)
 
     def relist(self) -> float:
         """Every pod afresh; the time of the answer."""
@@ -296,7 +304,9 @@ class Recorder:
             if "error" in line or "fatal" in line:
                 recorded.errors.append(line.get("error") or line["fatal"])
             else:
-                recorded.events.append((line["t"], line["ready"], line["total"]))
+                recorded.events.append(
+                    (line["t"], line["ready"], line["total"], line.get("scheduled", line["total"]))
+                )
         shutil.rmtree(self.dir, ignore_errors=True)
         self.recorded = recorded
         return recorded

@@ -210,13 +210,13 @@ class Report:
 
 
 def replica_seconds(samples: list[dict[str, float | int]], wall_s: float) -> float:
-    """The area under the replica count (every replica, ready or starting) from 0 to the end of the run:
-    what a scaled self-hosted target held."""
+    """The area under the count of scheduled replicas (ready or starting; not Pending ones, which no node
+    has room for) from 0 to the end of the run: what a scaled self-hosted target held."""
     total = 0.0
     for here, after in zip(samples, [*samples[1:], None], strict=True):
         start = min(float(here["t"]), wall_s)
         end = wall_s if after is None else min(float(after["t"]), wall_s)
-        total += max(0.0, end - start) * int(here["total"])
+        total += max(0.0, end - start) * int(here.get("scheduled", here["total"]))
     return total
 
 
