@@ -40,7 +40,7 @@ from controlplane import Binaries, ControlPlane, default_cache_dir
 from kubernetes import client, config, watch
 from modelhost import SHARED_MODELS, serve_models, sha256_of
 from node import Images
-from pods import RESTRICTED, node_model_cache, service_address, wait_for
+from pods import RESTRICTED, node_model_cache, ready_object, service_address, wait_for
 from release import install_operator
 
 MODEL = SHARED_MODELS / "efficientnet-lite0.onnx"
@@ -361,11 +361,21 @@ def main() -> int:
                     plane, [dict(floor_ksvc(images, url), metadata={"name": "floor", "namespace": NAMESPACE})]
                 )
                 ms = wait_for(
-                    lambda: _ready(plane, "modelservice", "effnet"), within=300, what="the ModelService"
+                    lambda: ready_object(plane, "modelservice", "effnet", NAMESPACE),
+                    within=300,
+                    what="the ModelService",
                 )
-                wait_for(lambda: _ready(plane, "ksvc", "floor"), within=300, what="the floor service")
+                wait_for(
+                    lambda: ready_object(plane, "ksvc", "floor", NAMESPACE),
+                    within=300,
+                    what="the floor service",
+                )
                 if args.model_cache:
-                    wait_for(lambda: _ready(plane, "modelservice", "cached"), within=300, what="cached")
+                    wait_for(
+                        lambda: ready_object(plane, "modelservice", "cached", NAMESPACE),
+                        within=300,
+                        what="cached",
+                    )
                 print(f"  ModelService Ready at {ms['status']['url']}", flush=True)
                 ingress = service_address(plane, knative.TRAEFIK_NAMESPACE, "traefik")
                 targets = {
@@ -402,17 +412,6 @@ def main() -> int:
     # Every cold request must have been a real cold start, as the runtime itself saw it.
     zeroserve = [s for name, runs in samples.items() if name != "floor" for s in runs]
     return 0 if all(s["cold-header"] for s in zeroserve) else 1
-
-
-def _ready(plane: ControlPlane, kind: str, name: str) -> dict[str, Any] | None:
-    got = plane.kubectl("get", kind, name, "-n", NAMESPACE, "-o", "json", check=False)
-    if got.returncode:
-        return None
-    obj = json.loads(got.stdout)
-    ok = any(
-        c["type"] == "Ready" and c["status"] == "True" for c in obj.get("status", {}).get("conditions", [])
-    )
-    return obj if ok else None
 
 
 def report(

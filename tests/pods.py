@@ -143,6 +143,16 @@ def describe_pods(plane: ControlPlane, namespace: str) -> str:
     return "\n".join(lines) + "\n" + events[-3000:]
 
 
+def ready_object(plane: ControlPlane, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+    """The object once its Ready condition is True (a ModelService, a Knative Service), else None."""
+    got = plane.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    if got.returncode:
+        return None
+    obj = json.loads(got.stdout)
+    conds = obj.get("status", {}).get("conditions", [])
+    return obj if any(c["type"] == "Ready" and c["status"] == "True" for c in conds) else None
+
+
 def pods(plane: ControlPlane, namespace: str, selector: str) -> list[dict[str, Any]]:
     return plane.get_json("pods", "-n", namespace, "-l", selector)["items"]
 
@@ -232,3 +242,97 @@ def node_model_cache(plane: ControlPlane, namespace: str) -> Iterator[tuple[Path
         plane.kubectl("delete", "pvc", pvc["metadata"]["name"], "-n", namespace, "--wait=false", check=False)
         plane.kubectl("delete", "pv", pv["metadata"]["name"], "--wait=false", check=False)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _cpu(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def free_cpu(plane: ControlPlane, excluding: str) -> float:
+    """CPU the node has left for pods in namespace `excluding`: its allocatable CPU minus the requests of
+    every other pod that holds some (Knative's activator, CoreDNS, Traefik, the operator)."""
+    nodes = plane.get_json("nodes")["items"]
+    allocatable = sum(_cpu(n["status"]["allocatable"]["cpu"]) for n in nodes)
+    held = 0.0
+    for pod in plane.get_json("pods", "-A")["items"]:
+        if pod["metadata"]["namespace"] == excluding or pod["status"].get("phase") in ("Succeeded", "Failed"):
+            continue
+        for c in pod["spec"]["containers"]:
+            held += _cpu(((c.get("resources") or {}).get("requests") or {}).get("cpu", "0"))
+    return allocatable - held
+
+
+class PodTimeline:
+    """When each pod matching `selector` was created, got a node, became ready, was told to go and was gone,
+    in wall-clock seconds, from a watch in a thread: what separates a slow start (waiting for a node's CPU
+    held by a draining replica) from a slow runtime."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, selector: str) -> None:
+        import threading
+
+        from kubernetes import client, config, watch
+
+        config.load_kube_config(config_file=str(kubeconfig))
+        self._api = client.CoreV1Api()
+        self._watch = watch.Watch()
+        self.namespace, self.selector = namespace, selector
+        self.pods: dict[str, dict[str, float]] = {}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PodTimeline:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._watch.stop()
+
+    def _run(self) -> None:
+        try:
+            self._follow()
+        except Exception:  # the watch torn down at exit (locust's gevent closes its socket)
+            if not self._watch._stop:
+                raise
+
+    def _follow(self) -> None:
+        stream = self._watch.stream(
+            self._api.list_namespaced_pod, self.namespace, label_selector=self.selector, timeout_seconds=3600
+        )
+        for event in stream:
+            now = time.time()
+            pod = event["object"]
+            seen = self.pods.setdefault(
+                pod.metadata.name, {"created": pod.metadata.creation_timestamp.timestamp()}
+            )
+            if pod.spec.node_name and "scheduled" not in seen:
+                seen["scheduled"] = now
+            ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+            if ready and "ready" not in seen:
+                seen["ready"] = now
+            if pod.metadata.deletion_timestamp and "deleting" not in seen:
+                seen["deleting"] = now
+            if event["type"] == "DELETED":
+                seen["gone"] = now
+
+    def summary(self) -> dict[str, Any]:
+        """Medians (s) of the waits, and how many pods had each."""
+        import statistics
+
+        def waits(a: str, b: str) -> list[float]:
+            return [p[b] - p[a] for p in self.pods.values() if a in p and b in p]
+
+        out: dict[str, Any] = {
+            "pods": len(self.pods),
+            "never_scheduled": sum("scheduled" not in p for p in self.pods.values()),
+        }
+        for name, (a, b) in {
+            "created_to_scheduled_s": ("created", "scheduled"),
+            "scheduled_to_ready_s": ("scheduled", "ready"),
+            "deleting_to_gone_s": ("deleting", "gone"),
+        }.items():
+            w = waits(a, b)
+            out[name] = {
+                "n": len(w),
+                "median": round(statistics.median(w), 2) if w else None,
+                "max": round(max(w), 2) if w else None,
+            }
+        return out

@@ -156,6 +156,7 @@ def advise_loaded(
         spec.profile,
         console,
         handler=bool({"lambda", "cloud_run"} & set(spec.platforms.enabled())),
+        parallel=spec.platforms.knative.parallel_inferences if spec.platforms.knative.enabled else (),
     )
     console.print(
         f"profile: {len(profile.points)} points at {', '.join(f'{v:g}' for v in vcpus)} vCPU "

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -152,10 +153,26 @@ class KnativeAssumptions(_Strict):
         0.7, gt=0, le=1, description=f"container-concurrency-target-percentage 70: {KNATIVE_CONFIG}."
     )
     tick_s: float = Field(2, gt=0, description=f"The autoscaler's tick-interval: {KNATIVE_CONFIG}.")
+    tick_phases: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="Where in its tick the autoscaler is when the load starts is unknown, and near the "
+        "scale-to-zero edge one tick decides whether a request waits for a start (on this project's test "
+        "node one phase against another moved cold starts from 13 to 19 in 600 s): each configuration is "
+        "simulated at this many evenly spaced phases and the results averaged. More is smoother and slower.",
+    )
     scale_to_zero_grace_s: float = Field(
         30, ge=0, description=f"scale-to-zero-grace-period: {KNATIVE_CONFIG}."
     )
     max_scale_down_rate: float = Field(2.0, ge=1, description=f"{KNATIVE_CONFIG}.")
+    target_burst_capacity: float = Field(
+        200,
+        ge=-1,
+        description=f"target-burst-capacity: {KNATIVE_CONFIG}. While the replicas' spare room is below it "
+        "the activator stays in the path, and then scale to zero does not wait the grace period again "
+        "(pkg/reconciler/autoscaling/kpa/scaler.go handleScaleToZero). -1: always in the path.",
+    )
     pod_start_s: float = Field(
         1.0,
         ge=0,
@@ -164,6 +181,21 @@ class KnativeAssumptions(_Strict):
     )
     proxy_overhead_ms: float = Field(
         3.0, ge=0, description=f"Ingress and queue-proxy per request: warm answers 3-25 ms, {ENGINEERING_4C}."
+    )
+    termination_drain_s: float = Field(
+        32,
+        ge=0,
+        description="How long a replica told to go keeps its CPU request on the node: the queue-proxy "
+        "sleeps drainSleepDuration (30 s) before it exits, knative.dev/serving pkg/queue/sharedmain/main.go "
+        "(v0.50), then the runtime exits and the kubelet confirms; deletion to gone took 31.7-32.3 s on "
+        "this project's test node (bench/advise_knative.py). It only matters when max_nodes bounds the "
+        "room: a start soon after scale to zero on a full node waits for it.",
+    )
+    queue_proxy_vcpu: float = Field(
+        0.025,
+        ge=0,
+        description="The queue-proxy's CPU request beside each replica: queue-sidecar-cpu-request 25m, "
+        "knative.dev/serving config/core/configmaps/deployment.yaml (v0.50).",
     )
 
 
@@ -178,10 +210,40 @@ class Knative(_Strict):
     target: list[float] = Field([1.0, 4.0], description="scaling.target: in-flight requests per replica.")
     container_concurrency: list[int] = Field([0], description="scaling.containerConcurrency, 0: no limit.")
     max_batch_size: list[int] = Field([1], description="runtime.batching.maxBatchSize.")
+    parallel_inferences: list[int] = Field(
+        [1],
+        description="runtime.parallelInferences: requests one replica runs at once, sharing its CPUs (the "
+        "profile times them run together). Not combined with batching.",
+    )
     scale_to_zero_retention_s: list[float] = Field([0.0], description="scaling.scaleToZeroRetention.")
     node: str = Field("aws-c7i.xlarge", description="The node type replicas run on, from the node presets.")
     fixed_nodes: int = Field(0, ge=0, description="Nodes paid for whatever the load (the cluster's floor).")
+    max_nodes: int | None = Field(
+        None,
+        ge=1,
+        description="Nodes the replicas can be scheduled on. Unset: as many as the replicas need (a cluster "
+        "autoscaler; the time it takes to add a node is not modelled). Set: replicas beyond the room wait "
+        "Pending, still counted as replicas.",
+    )
+    node_free_vcpu: float | None = Field(
+        None,
+        gt=0,
+        description="CPU per node left for replicas once the system pods' requests are taken (kubectl "
+        "describe node: Allocatable less Allocated). Unset: the node preset's vCPU.",
+    )
     assumptions: KnativeAssumptions = KnativeAssumptions()
+
+    def free_vcpu(self) -> float:
+        from zeroserve.advise.pricing import NODES
+
+        return self.node_free_vcpu if self.node_free_vcpu is not None else NODES[self.node].vcpu
+
+    def per_node(self, vcpu: float) -> int:
+        """Replicas of `vcpu` (and their queue-proxies) one node fits."""
+        return math.floor(self.free_vcpu() / (vcpu + self.assumptions.queue_proxy_vcpu) + 1e-9)
+
+    def capacity(self, vcpu: float) -> int | None:
+        return None if self.max_nodes is None else self.max_nodes * self.per_node(vcpu)
 
     @field_validator("vcpu")
     @classmethod
@@ -213,6 +275,11 @@ class Knative(_Strict):
     def _retention(cls, v: list[float]) -> list[float]:
         return _grid(v, 0, 3600, "scaleToZeroRetention", " s")
 
+    @field_validator("parallel_inferences")
+    @classmethod
+    def _parallel(cls, v: list[int]) -> list[int]:
+        return _grid(v, 1, 64, "parallelInferences")
+
     @model_validator(mode="after")
     def _known_node(self) -> Knative:
         from zeroserve.advise.pricing import NODES
@@ -221,10 +288,32 @@ class Knative(_Strict):
             raise ValueError(f"node: unknown node {self.node!r}; known: {', '.join(NODES)}")
         if max(self.min_scale) > self.max_scale:
             raise ValueError(f"min_scale {max(self.min_scale)} exceeds max_scale {self.max_scale}")
+        big = max(self.vcpu)
+        if not self.per_node(big):
+            raise ValueError(
+                f"vcpu {big:g}: a replica (with its queue-proxy's {self.assumptions.queue_proxy_vcpu:g}) "
+                f"does not fit a node with {self.free_vcpu():g} CPU free ({self.node}"
+                + (", node_free_vcpu" if self.node_free_vcpu is not None else "")
+                + ")"
+            )
+        for ms in self.min_scale:
+            for v in self.vcpu:
+                room = self.capacity(v)
+                if room is not None and ms > room:
+                    raise ValueError(
+                        f"min_scale {ms} at vcpu {v:g}: {self.max_nodes} node(s) fit only {room} replica(s)"
+                    )
         return self
 
     def configs(self) -> list[dict[str, Any]]:
-        keys = ("vcpu", "min_scale", "target", "container_concurrency", "max_batch_size")
+        keys = (
+            "vcpu",
+            "min_scale",
+            "target",
+            "container_concurrency",
+            "max_batch_size",
+            "parallel_inferences",
+        )
         out = []
         for values in itertools.product(*(getattr(self, k) for k in keys), self.scale_to_zero_retention_s):
             knobs = dict(zip(keys, values[:-1], strict=True))
@@ -234,6 +323,8 @@ class Knative(_Strict):
                 continue
             if knobs["container_concurrency"] and knobs["max_batch_size"] > knobs["container_concurrency"]:
                 continue
+            if knobs["parallel_inferences"] > 1 and knobs["max_batch_size"] > 1:
+                continue  # the simulation batches on one inference at a time
             out.append(knobs)
         return out
 

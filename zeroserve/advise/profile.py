@@ -175,6 +175,11 @@ class Point:
     runtime_s: dict[int, list[float]] = field(default_factory=dict)
     handler_s: dict[int, list[float]] = field(default_factory=dict)
     runtime_cold: dict[str, float] = field(default_factory=dict)  # phase -> seconds, from /metrics
+    # Parallel inferences n -> seconds per request with n clients back to back at once (batch 1), and with
+    # one client back to back, on the runtime started with n parallel inferences and its default share of
+    # the threads: their ratio is how much n at once slow each other.
+    parallel_s: dict[int, list[float]] = field(default_factory=dict)
+    parallel_alone_s: dict[int, list[float]] = field(default_factory=dict)
     handler_init_s: float = 0.0
     limited: bool = True  # under a cgroup quota; False: unconstrained, scaled
 
@@ -196,8 +201,8 @@ class Profile:
         raw = orjson.loads(data)
         points = []
         for p in raw.pop("points"):
-            for k in ("runtime_s", "handler_s"):
-                p[k] = {int(b): v for b, v in p[k].items()}
+            for k in ("runtime_s", "handler_s", "parallel_s", "parallel_alone_s"):
+                p[k] = {int(b): v for b, v in p.get(k, {}).items()}
             points.append(Point(**p))
         return cls(points=points, **raw)
 
@@ -214,12 +219,14 @@ class Profile:
     def threads(self, vcpu: float) -> int:
         return min(self.best(), key=lambda p: abs(math.log(p.vcpu / vcpu))).threads
 
-    def _scaled(self, vcpu: float, pick: Callable[[Point], list[float]]) -> np.ndarray:
+    def _scaled(
+        self, vcpu: float, pick: Callable[[Point], list[float]], among: list[Point] | None = None
+    ) -> np.ndarray:
         """Samples at `vcpu`: the nearest measured point's, scaled by the median interpolated in log-log
         between the points around it. Below the lowest point, time scales as 1/vCPU (a CPU-bound run
         gets its quota's share); above the highest, the highest point's (this machine has no more
         cores to measure with: a conservative guess)."""
-        pts = [p for p in self.best() if pick(p)]
+        pts = sorted((p for p in (among or self.best()) if pick(p)), key=lambda p: p.vcpu)
         if not pts:
             raise ProfileError("the profile has no samples for this")
         xs = np.log([p.vcpu for p in pts])
@@ -240,6 +247,19 @@ class Profile:
     def handler_service(self, vcpu: float, batch: int = 1) -> np.ndarray:
         return self._scaled(vcpu, lambda p: p.handler_s.get(batch, []))
 
+    def parallel_ratio(self, vcpu: float, parallel: int) -> list[float]:
+        """How much longer a request takes when it starts while c - 1 others run, c = 0..parallel: 1 alone,
+        with all `parallel` running the profiled ratio at the nearest vCPU (n clients at once against one,
+        both back to back so that they overlap), linear in between."""
+        if parallel <= 1:
+            return [1.0, 1.0]
+        pts = [p for p in self.points if p.parallel_s.get(parallel) and p.parallel_alone_s.get(parallel)]
+        if not pts:
+            raise ProfileError(f"the profile has no timing of {parallel} parallel inferences")
+        near = min(pts, key=lambda p: abs(math.log(p.vcpu / vcpu)))
+        full = float(np.median(near.parallel_s[parallel])) / float(np.median(near.parallel_alone_s[parallel]))
+        return [1.0] + [1.0 + (full - 1.0) * (c - 1) / (parallel - 1) for c in range(1, parallel + 1)]
+
     def batch_sizes(self) -> list[int]:
         return sorted({b for p in self.points for b in p.runtime_s})
 
@@ -257,7 +277,9 @@ class Profile:
         return self._interp_scalar(vcpu, lambda p: p.handler_init_s)
 
 
-def profile_key(sha: str, payload: dict[str, Any], vcpus: list[float], settings: Any) -> str:
+def profile_key(
+    sha: str, payload: dict[str, Any], vcpus: list[float], settings: Any, parallel: tuple[int, ...] = ()
+) -> str:
     import onnxruntime
 
     ask = {
@@ -271,6 +293,7 @@ def profile_key(sha: str, payload: dict[str, Any], vcpus: list[float], settings:
         "stall": settings.stall_factor,
         "gap": settings.gap_ms,
         "ort": onnxruntime.__version__,
+        **({"parallel": list(parallel)} if parallel else {}),
     }
     return hashlib.sha256(json.dumps(ask, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -281,8 +304,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _env(model: Path, name: str, sha: str, threads: int, cache: Path) -> dict[str, str]:
+def _env(model: Path, name: str, sha: str, threads: int, cache: Path, parallel: int = 1) -> dict[str, str]:
     return {
+        "ZEROSERVE_PARALLEL_INFERENCES": str(parallel),
         **os.environ,
         "ZEROSERVE_MODEL_URI": str(model),
         "ZEROSERVE_MODEL_NAME": name,
@@ -296,9 +320,10 @@ def _env(model: Path, name: str, sha: str, threads: int, cache: Path) -> dict[st
 
 
 def threads_for(vcpu: float) -> int:
-    """Intra-op threads for a quota: one per whole CPU it allows, as the runtime's default does from a
-    cgroup v2 quota (the runtime cannot see a v1 quota, so the profile sets it)."""
-    return max(1, math.ceil(vcpu - 1e-9))
+    """Intra-op threads for a quota: what the runtime's default makes of its cgroup's quota (its CPUs,
+    rounded, at least one; zeroserve_runtime.settings.available_cpus). The profile sets it explicitly all
+    the same, so a point means the same on every machine."""
+    return max(1, int(vcpu + 0.5))
 
 
 COLD_METRIC = re.compile(
@@ -444,9 +469,12 @@ def run_profile(
     settings: Any,
     console: Any = None,
     handler: bool = True,
+    parallel: list[int] | tuple[int, ...] = (),
 ) -> Profile:
-    """Measure every point, with a progress bar; cached under settings.cache_dir by key."""
-    key = profile_key(sha, payload, vcpus, settings)
+    """Measure every point, with a progress bar; cached under settings.cache_dir by key. `parallel`: the
+    parallel inferences (above 1) to time too, at each vCPU with the runtime's default threads."""
+    together = tuple(sorted({p for p in parallel if p > 1}))
+    key = profile_key(sha, payload, vcpus, settings, together)
     cache_dir = Path(settings.cache_dir).expanduser()
     cached = cache_dir / f"{sha}-{key}.json"
     if cached.is_file():
@@ -477,7 +505,9 @@ def run_profile(
         ) as bar,
     ):
         work = Path(tmp)
-        task = bar.add_task(model_name, total=per_point * len(pairs))
+        per_parallel = settings.requests * len(together)
+        task = bar.add_task(model_name, total=per_point * len(pairs) + per_parallel * len(vcpus))
+        done = 0
         for i, (vcpu, threads) in enumerate(pairs):
             bar.update(task, description=f"{model_name} at {vcpu:g} vCPU, {threads} thread(s)")
             point = Point(vcpu=vcpu, threads=threads, limited=limited)
@@ -499,6 +529,20 @@ def run_profile(
                         )
                 finally:
                     server.stop()
+                if threads == threads_for(vcpu):
+                    for n in together:
+                        bar.update(task, description=f"{model_name} at {vcpu:g} vCPU, {n} at once")
+                        point.parallel_alone_s[n], point.parallel_s[n] = _time_parallel(
+                            wrap,
+                            _env(model_path, model_name, sha, max(1, threads // n), work / "cache", n),
+                            work / f"runtime-{i}-p{n}.log",
+                            n,
+                            model_name,
+                            bodies[1],
+                            settings,
+                            lambda: bar.advance(task),
+                        )
+                    done += per_parallel
                 if handler:
                     point.handler_init_s, point.handler_s = _probe_handler(
                         wrap,
@@ -510,17 +554,46 @@ def run_profile(
                         settings.gap_ms / 1000,
                     )
                     bar.advance(task, sum(len(v) for v in point.handler_s.values()))
-            for series in (point.runtime_s, point.handler_s):
+            for series in (point.runtime_s, point.handler_s, point.parallel_s, point.parallel_alone_s):
                 for b in series:
                     series[b] = drop_stalls(series[b], settings.stall_factor)
             if not limited:
                 _scale_unlimited(point)
-            bar.update(task, completed=per_point * (i + 1))
+            bar.update(task, completed=per_point * (i + 1) + done)
             points.append(point)
     profile = Profile(sha, model_name, points, key=key, seconds=time.monotonic() - started)
     cache_dir.mkdir(parents=True, exist_ok=True)
     cached.write_bytes(profile.to_json())
     return profile
+
+
+def _time_parallel(
+    wrap: Callable[[list[str]], list[str]],
+    env: dict[str, str],
+    log: Path,
+    n: int,
+    model: str,
+    body: bytes,
+    settings: Any,
+    tick: Callable[[], None],
+) -> tuple[list[float], list[float]]:
+    """Seconds per request against the runtime run with `n` parallel inferences: one client back to back,
+    then `n` clients back to back at once (without the profile's pacing, so that they do overlap)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = _Server(wrap, env, log)
+    share = max(5, settings.requests // (n + 1))
+    try:
+        server.wait_ready(timeout_s=300)
+        alone = time_http(server.port, model, body, share, settings.max_point_s / 2, tick)
+        with ThreadPoolExecutor(n) as pool:
+            runs = [
+                pool.submit(time_http, server.port, model, body, share, settings.max_point_s / 2, tick)
+                for _ in range(n)
+            ]
+            return alone, [t for r in runs for t in r.result()]
+    finally:
+        server.stop()
 
 
 def drop_stalls(samples: list[float], factor: float) -> list[float]:

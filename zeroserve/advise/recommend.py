@@ -129,7 +129,7 @@ def tradeoffs(
             out.append(
                 f"Knative: minReplicas {warm.knobs['min_scale']} instead of 0 "
                 f"{'adds' if extra >= 0 else 'saves'} ${abs(extra):,.2f} a month and removes "
-                f"{saved:,d} cold-start waits ({cold.starts - warm.starts:,d} starts from zero) in the "
+                f"{saved:,d} cold-start waits ({cold.starts - warm.starts:,.0f} starts from zero) in the "
                 f"{_span(cold)} simulated at this load (p99 {cold.p99_ms:,.0f} -> {warm.p99_ms:,.0f} ms)."
             )
     lam = by_platform.get("lambda", [])
@@ -163,7 +163,7 @@ def tradeoffs(
         if one is not None and base.knobs["concurrency"] != 1:
             out.append(
                 f"Cloud Run concurrency {base.knobs['concurrency']} instead of 1 starts "
-                f"{one.starts - base.starts:,d} fewer instances and costs ${base.cost_per_1m_usd:,.2f} "
+                f"{one.starts - base.starts:,.0f} fewer instances and costs ${base.cost_per_1m_usd:,.2f} "
                 f"instead of ${one.cost_per_1m_usd:,.2f} per 1M (requests queue inside an instance: "
                 f"p99 {one.p99_ms:,.0f} -> {base.p99_ms:,.0f} ms)."
             )
@@ -199,7 +199,10 @@ def modelservice_yaml(spec: AdviseFile, c: Candidate, sha: str, name: str, threa
         scaling["containerConcurrency"] = c.knobs["container_concurrency"]
     if c.knobs["scale_to_zero_retention_s"] and not c.knobs["min_scale"]:
         scaling["scaleToZeroRetention"] = f"{c.knobs['scale_to_zero_retention_s']:g}s"
-    runtime: dict[str, Any] = {"name": "onnx", "threads": threads}
+    parallel = c.knobs.get("parallel_inferences", 1)
+    runtime: dict[str, Any] = {"name": "onnx", "threads": max(1, threads // parallel)}
+    if parallel > 1:
+        runtime["parallelInferences"] = parallel
     if c.knobs["max_batch_size"] > 1:
         runtime["batching"] = {"maxBatchSize": c.knobs["max_batch_size"], "maxQueueDelayMs": 0}
     spec_doc = {

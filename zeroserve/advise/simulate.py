@@ -27,13 +27,15 @@ class SimResult:
     ok: np.ndarray
     cold: np.ndarray  # waited for a cold start
     wall_s: float
-    starts: int = 0  # replicas / environments started during the run
-    # Pool (Knative): replicas whose first request waited for them to start. A runtime flags one
-    # cold-start answer per process, so this, not `cold` (every request that waited), is what a
-    # measured run's cold-start count compares with.
-    cold_starts: int = 0
+    starts: float = 0  # replicas / environments started during the run
+    # Pool (Knative): replicas whose first answer a client received went to a request that waited for the
+    # start (or came within cold_ready_age_s of it). A runtime flags one cold-start answer per process,
+    # so this, not `cold` (every request that waited), is what a measured run's cold-start count
+    # compares with.
+    cold_starts: float = 0
     max_replicas: int = 0
-    replica_seconds: float = 0.0  # Knative and always-on: replicas existing, starting ones included
+    replica_seconds: float = 0.0  # Knative and always-on: replicas existing, starting and Pending included
+    pending_s: float = 0.0  # Knative: the part of replica_seconds spent Pending, waiting for a node's room
     busy_s: float = 0.0  # Cloud Run: instance time with a request in it
     idle_min_s: float = 0.0  # Cloud Run: min instances' idle time
     billed_s: np.ndarray | None = None  # Lambda: per request duration
@@ -41,10 +43,15 @@ class SimResult:
     on_provisioned: np.ndarray | None = None
     throttled: np.ndarray | None = None  # Lambda: refused at the concurrency limit, never invoked
     replicas: list[tuple[float, int]] = field(default_factory=list)  # (t, count) at each change
+    runs: int = 1  # runs of the same arrivals pooled here (averaged()): the arrays hold each run's requests
 
     @property
-    def successes(self) -> int:
-        return int(self.ok.sum())
+    def successes(self) -> float:
+        return float(self.ok.sum()) / self.runs
+
+    @property
+    def cold_requests(self) -> float:
+        return float(self.cold.sum()) / self.runs
 
     def percentiles_ms(self) -> tuple[float, float]:
         good = self.latency_s[self.ok]
@@ -52,6 +59,29 @@ class SimResult:
             return math.inf, math.inf
         p50, p99 = np.percentile(good, [50, 99])
         return float(p50) * 1000, float(p99) * 1000
+
+
+def averaged(runs: list[SimResult]) -> SimResult:
+    """Runs of the same arrivals pooled into one result: every request of every run in the latency
+    distribution (so percentiles and shares are the runs' mixture), counts and seconds averaged, the peak
+    the highest; the replica trace is the first run's."""
+    first = runs[0]
+    if len(runs) == 1:
+        return first
+    mean = lambda get: sum(get(r) for r in runs) / len(runs)  # noqa: E731
+    return SimResult(
+        np.concatenate([r.latency_s for r in runs]),
+        np.concatenate([r.ok for r in runs]),
+        np.concatenate([r.cold for r in runs]),
+        max(r.wall_s for r in runs),
+        starts=mean(lambda r: r.starts),
+        cold_starts=mean(lambda r: r.cold_starts),
+        max_replicas=max(r.max_replicas for r in runs),
+        replica_seconds=mean(lambda r: r.replica_seconds),
+        pending_s=mean(lambda r: r.pending_s),
+        replicas=first.replicas,
+        runs=len(runs),
+    )
 
 
 def draw(samples: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -244,6 +274,8 @@ class KPA:
     scale_to_zero_grace_s: float = 30.0
     retention_s: float = 0.0
     max_scale_down_rate: float = 2.0
+    target_burst_capacity: float = 200.0
+    tick_phase_s: float = 0.0  # when the first tick falls after the start, within tick_s
 
 
 def simulate_pool(
@@ -259,41 +291,68 @@ def simulate_pool(
     container_concurrency: int = 0,
     max_batch: int = 1,
     batch_ratio: list[float] | None = None,
+    capacity: int | None = None,
+    drain_s: float = 0.0,
+    parallel: int = 1,
+    parallel_ratio: list[float] | None = None,
+    cold_ready_age_s: float = 2.0,
 ) -> SimResult:
     """Replicas behind a load balancer: Knative (with `kpa`) or always-on servers (`kpa` None, `min_scale`
     replicas for the whole run). Starts with `min_scale` warm replicas.
 
     Knative: with no replica at all, the activator buffers the request and starts one at once; the KPA
     ticks every `tick_s`, averaging in-flight requests (activator's and pods') over the stable window and
-    the panic window, and asks for ceil(average / (target x utilisation)) replicas; in panic (the panic
-    average over the panic threshold times the ready replicas) it never scales down, until a stable
-    window passes without panic. When the stable average falls to zero the last replica goes after the
-    larger of the scale-to-zero grace period and retention. A new replica serves after `cold_s` (pod
-    start plus the runtime's measured cold start); requests routed to it wait for that.
+    the panic window, and asks for ceil(average / (target x utilisation)) replicas, never fewer than the
+    ready replicas over max_scale_down_rate; it panics when the panic window asks for the panic threshold
+    times the ready replicas (at least one), and while in panic never asks for fewer than it has asked
+    for, until a stable window passes without crossing the threshold. When the stable average falls to
+    zero the last replica goes once the retention period has passed and either the grace period has too
+    or the activator has been in the path that long already (with the default target burst capacity it
+    never leaves it, so the grace period is no wait). A new
+    replica serves `cold_s` (pod start plus the runtime's measured cold start) after it gets a slot;
+    requests routed to it wait for that.
+
+    Node capacity (`capacity`: how many replicas the nodes fit; None: as many as asked for): a replica
+    beyond it waits Pending for a slot, and still counts as a replica, as the pods it stands for do. A
+    replica told to go holds its slot `drain_s` longer (Knative's queue-proxy drains before the pod
+    goes), so a start soon after scale to zero on a full node waits for that. Scale-down takes Pending
+    replicas first, then starting ones, as a ReplicaSet does.
 
     Batching (`max_batch` > 1): a request that finds its replica busy joins the batch waiting to run next
     if it has room, as the runtime's batcher takes everything queued when it is free; a batch of b runs
-    `batch_ratio[b]` times as long as one request."""
+    `batch_ratio[b]` times as long as one request.
+
+    Parallel inferences (`parallel` > 1, without batching): a replica runs up to that many requests at
+    once, each in the first slot to come free; one that starts while c - 1 others run takes
+    `parallel_ratio[c]` times as long as alone, as they share the replica's CPUs."""
     n = len(arr)
     t_list, s_list = arr.tolist(), svc.tolist()
     comp = [0.0] * n
     cold = [False] * n
+    inf = math.inf
     ratio = batch_ratio or [1.0, 1.0]
     bmax = max(1, min(max_batch, container_concurrency or max_batch, len(ratio) - 1))
-    # Per replica: busy until, ready at, created at, and the last batch (start, size, base, members).
-    bu = [0.0] * min_scale
+    # Per replica, in creation order: busy until, ready at, created at, when it got a slot (inf: Pending
+    # with no slot in sight), and the last batch (start, size, base, members).
+    bu = [0.0] * min_scale  # the first of its parallel slots to come free
+    slots: list[list[float]] = [[0.0] * parallel for _ in range(min_scale)]  # heaps of busy-until
+    pratio = parallel_ratio or [1.0] * (parallel + 1)
     ready_at = [0.0] * min_scale
     created = [0.0] * min_scale
+    slot_at = [0.0] * min_scale
     lb_start = [-1.0] * min_scale
     lb_size = [0] * min_scale
     lb_base = [0.0] * min_scale
     lb_members: list[list[int]] = [[] for _ in range(min_scale)]
-    waited_on = [False] * min_scale  # some request waited for this replica's start
-    replica_seconds = 0.0
+    answered = [True] * min_scale  # the replica has given an answer its client received (warm ones: moot)
+    per_replica = (bu, slots, ready_at, created, slot_at, lb_start, lb_size, lb_base, lb_members, answered)
+    slots_free = inf if capacity is None else capacity - min_scale
+    releases: list[float] = []  # when draining replicas' slots come free, none yet claimed
+    replica_seconds = pending_s = 0.0
     starts = 0
     peak = min_scale
     replicas = [(0.0, min_scale)]
-    horizon = int(wall_s + timeout_s + cold_s) + 8
+    horizon = int(wall_s + timeout_s + cold_s + drain_s) + 8
     conc = [0.0] * horizon  # in-flight request-seconds per 1 s bucket
 
     def add(a: float, b: float, weight: float = 1.0) -> None:
@@ -303,33 +362,62 @@ def simulate_pool(
             conc[j] += ((edge if edge < b else b) - a) * weight
             a, j = edge, j + 1
 
+    def give_slot(k: int, at: float) -> None:
+        slot_at[k] = at
+        ready_at[k] = bu[k] = at + cold_s
+        slots[k] = [at + cold_s] * parallel
+
     def start_replica(now: float) -> None:
-        nonlocal starts, peak
-        bu.append(now + cold_s)
-        ready_at.append(now + cold_s)
-        created.append(now)
-        lb_start.append(-1.0)
-        lb_size.append(0)
-        lb_base.append(0.0)
-        lb_members.append([])
-        waited_on.append(False)
+        nonlocal starts, peak, slots_free
+        for lst, v in zip(
+            per_replica, (inf, [inf] * parallel, inf, now, inf, -1.0, 0, 0.0, [], False), strict=True
+        ):
+            lst.append(v)  # type: ignore[attr-defined]
+        if slots_free > 0:
+            slots_free -= 1
+            give_slot(len(bu) - 1, now)
+        elif releases:
+            give_slot(len(bu) - 1, max(now, heapq.heappop(releases)))
         starts += 1
         peak = max(peak, len(bu))
 
-    def remove(k: int, now: float) -> None:
-        nonlocal replica_seconds
-        # A replica told to go finishes what it holds first (Knative drains it).
-        replica_seconds += max(now, bu[k]) - created[k]
-        for lst in (bu, ready_at, created, lb_start, lb_size, lb_base, lb_members, waited_on):
-            del lst[k]
+    def hand_over(at: float) -> None:
+        """A slot comes free at `at`: the oldest replica without one takes it."""
+        for j, s in enumerate(slot_at):
+            if s == inf:
+                give_slot(j, at)
+                return
+        heapq.heappush(releases, at)
 
-    panic_until = -1.0
+    def remove(k: int, now: float) -> None:
+        nonlocal replica_seconds, pending_s
+        got = slot_at[k]
+        # A replica told to go finishes what it holds first (Knative drains it).
+        replica_seconds += (max(now, max(slots[k])) if got <= now else now) - created[k]
+        pending_s += min(now, got) - created[k]
+        for lst in per_replica:
+            del lst[k]  # type: ignore[attr-defined]
+        if got <= now:
+            hand_over(now + drain_s)
+        elif got < inf:
+            hand_over(got)
+
+    panic_since: float | None = None  # the last tick over the panic threshold, while panicking
+    max_panic = 0
     cold_starts = 0
     zero_since: float | None = None
-    next_tick = kpa.tick_s if kpa else math.inf
+    tbc = kpa.target_burst_capacity if kpa else 0.0
+    # Since when the activator has been in the path (Knative's SKS in proxy mode): it is while the
+    # service is at zero, and while the excess burst capacity, floor(ready x target - TBC - panic
+    # concurrency), is negative; with TBC -1 always. A service that starts at zero has been proxied for
+    # long.
+    proxy_since: float | None = None
+    if kpa and (tbc < 0 or min_scale == 0 or (tbc > 0 and math.floor(min_scale * kpa.target - tbc) < 0)):
+        proxy_since = -inf
+    next_tick = kpa.tick_s + kpa.tick_phase_s if kpa else inf
 
     def tick(now: float) -> None:
-        nonlocal panic_until, zero_since
+        nonlocal panic_since, max_panic, zero_since, proxy_since
         assert kpa is not None
         j = int(now)
         stable_n = max(1, int(kpa.stable_window_s))
@@ -340,29 +428,48 @@ def simulate_pool(
         want_stable, want_panic = math.ceil(stable / per - 1e-9), math.ceil(panic / per - 1e-9)
         have = len(bu)
         ready = sum(1 for r in ready_at if r <= now)
-        if ready and want_panic / ready >= kpa.panic_threshold_percentage / 100:
-            panic_until = now + kpa.stable_window_s
-        if now < panic_until:
-            want = max(have, want_panic)
-        else:
-            want = max(want_stable, math.floor(have / kpa.max_scale_down_rate))
+        floor_down = math.floor(ready / kpa.max_scale_down_rate)
+        want = max(want_stable, floor_down)
+        # Knative's Scale(): readyPodsCount is at least 1, so buffered requests with nothing ready panic.
+        if want_panic / max(1, ready) >= kpa.panic_threshold_percentage / 100:
+            panic_since = now
+        elif panic_since is not None and now - panic_since > kpa.stable_window_s:
+            panic_since, max_panic = None, 0
+        if panic_since is not None:
+            max_panic = max(max_panic, want, want_panic)
+            want = max_panic
         want = min(max_scale, max(min_scale, want))
+        in_path = tbc < 0 or want == 0 or (tbc > 0 and math.floor(ready * kpa.target - tbc - panic) < 0)
+        if not in_path:
+            proxy_since = None
+        elif proxy_since is None:
+            proxy_since = now
         if stable > 0 or want > 0 or min_scale > 0:
             zero_since = None
         if want == 0 and have > 0:
             if stable > 0:
                 want = have
             else:
+                # scaler.go handleScaleToZero: inactive for the retention period, and either inactive for
+                # the grace period or backed by the activator that long already. With the default TBC the
+                # activator never left the path, so the grace period is no wait at all.
                 zero_since = now if zero_since is None else zero_since
-                if now - zero_since < max(kpa.scale_to_zero_grace_s, kpa.retention_s):
+                idle = now - zero_since
+                grace = kpa.scale_to_zero_grace_s
+                proxied = proxy_since is not None and now - proxy_since >= grace
+                if idle < kpa.retention_s or (idle < grace and not proxied):
                     want = have
         if want > have:
             for _ in range(want - have):
                 start_replica(now)
             replicas.append((now, len(bu)))
         elif want < have:
-            # The least busy go first.
-            for k in sorted(sorted(range(have), key=bu.__getitem__)[: have - want], reverse=True):
+            # As a ReplicaSet scales down: Pending first, then starting, then the least busy ready ones.
+            def rank(k: int) -> tuple[int, float]:
+                stage = 0 if slot_at[k] > now else 1 if ready_at[k] > now else 2
+                return stage, bu[k]
+
+            for k in sorted(sorted(range(have), key=rank)[: have - want], reverse=True):
                 remove(k, now)
             replicas.append((now, len(bu)))
 
@@ -370,10 +477,11 @@ def simulate_pool(
         t, s = t_list[i], s_list[i]
         while next_tick <= t:
             tick(next_tick)
-            next_tick += kpa.tick_s if kpa else math.inf
+            next_tick += kpa.tick_s if kpa else inf
         if not bu:
             start_replica(t)  # the activator's poke
             replicas.append((t, len(bu)))
+        # Pending replicas with no slot in sight have bu inf; one with a slot exists while any replica does.
         k = min(range(len(bu)), key=bu.__getitem__)
         if ready_at[k] > t and container_concurrency == 0:
             # Without containerConcurrency the activator leaves the path once a replica is ready, and
@@ -391,26 +499,43 @@ def simulate_pool(
                 add(old_end, min(end, t + timeout_s), size - 1)
             lb_size[k] = size
             lb_members[k].append(i)
+        elif parallel > 1:
+            mine = slots[k]
+            start = max(t, heapq.heappop(mine))
+            running = sum(1 for b in mine if b > start)
+            end = start + s * pratio[running + 1]
+            heapq.heappush(mine, end)
+            lb_start[k] = -1.0
         else:
             start = bu[k] if bu[k] > t else t
             end = start + s
             lb_start[k], lb_size[k], lb_base[k], lb_members[k] = start, 1, s, [i]
-        bu[k] = end
+        if parallel > 1:
+            bu[k] = slots[k][0]
+        else:
+            bu[k] = slots[k][0] = end
         comp[i] = end
         cold[i] = ready_at[k] > t
-        if cold[i] and not waited_on[k]:
-            waited_on[k] = True
-            cold_starts += 1
+        if not answered[k] and end - t + overhead_s <= timeout_s:
+            # The runtime flags its process's first answer; a client that gave up never sees it (the
+            # activator drops a request whose client has gone, so the first answer goes to the first one
+            # still waiting). A bench counts the flag when the request came at most cold_ready_age_s
+            # after the replica was ready: it waited for the start.
+            answered[k] = True
+            if t <= ready_at[k] + cold_ready_age_s:
+                cold_starts += 1
         if kpa:
             # A client gives up at its timeout and the proxies stop counting the request then; it also
             # bounds the work per request when a configuration is overloaded.
             add(t, min(end, t + timeout_s))
-    end_t = max([wall_s, *bu]) if bu else wall_s
+    end_t = max([wall_s, *(max(m) for m in slots if max(m) < inf)])
     while kpa and next_tick <= wall_s:
         tick(next_tick)
         next_tick += kpa.tick_s
     for k in range(len(bu) - 1, -1, -1):
-        replica_seconds += max(end_t, bu[k]) - created[k]
+        got = slot_at[k]
+        replica_seconds += (max(end_t, max(slots[k])) if got < inf else end_t) - created[k]
+        pending_s += min(end_t, got) - created[k]
     latency, ok, cold_a, wall = _finish(arr, comp, cold, overhead_s, timeout_s, wall_s)
     return SimResult(
         latency,
@@ -421,5 +546,6 @@ def simulate_pool(
         cold_starts=cold_starts,
         max_replicas=peak,
         replica_seconds=replica_seconds,
+        pending_s=pending_s,
         replicas=replicas,
     )

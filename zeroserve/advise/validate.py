@@ -17,6 +17,7 @@ import importlib.util
 import math
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -83,9 +84,10 @@ class LocalPlan:
     kind: str  # the bench target kind
     vcpu: float
     service: str  # runtime | handler
+    parallel: int = 1  # the runtime's parallel inferences
 
 
-def plan_targets(profile: Profile, picks: dict[str, float], cores: int) -> list[LocalPlan]:
+def plan_targets(profile: Profile, picks: dict[str, tuple[float, int]], cores: int) -> list[LocalPlan]:
     out = []
     for name, kind, service in (
         ("zeroserve", "oip-rest", "runtime"),
@@ -93,7 +95,8 @@ def plan_targets(profile: Profile, picks: dict[str, float], cores: int) -> list[
         ("gcf", "gcf", "handler"),
     ):
         if name in picks:
-            out.append(LocalPlan(name, kind, min(float(cores), picks[name]), service))
+            vcpu, parallel = picks[name]
+            out.append(LocalPlan(name, kind, min(float(cores), vcpu), service, parallel))
     return out
 
 
@@ -115,7 +118,10 @@ def predict(
         svc = draw(profile.runtime_service(plan.vcpu), u)
     else:
         svc = draw(np.asarray(through_front), u)
-    sim = simulate_pool(arrivals, svc, 0.0, 0.0, timeout_s, wall_s, min_scale=1, max_scale=1)
+    ratio = profile.parallel_ratio(plan.vcpu, plan.parallel) if plan.parallel > 1 else None
+    sim = simulate_pool(
+        arrivals, svc, 0.0, 0.0, timeout_s, wall_s, 1, 1, parallel=plan.parallel, parallel_ratio=ratio
+    )
     return sim.percentiles_ms()
 
 
@@ -151,19 +157,20 @@ class _Local(Child):
         wait_until_ready(self.proc, self.url, self.log, timeout_s, self.plan.name, ValidateError)
 
 
-def picks_from(advice: Any, spec: Any) -> dict[str, float]:
-    """The vCPU of each platform's pick: its cheapest that meets the objectives, else its best ranked."""
-    out: dict[str, float] = {}
+def picks_from(advice: Any, spec: Any) -> dict[str, tuple[float, int]]:
+    """The vCPU and parallel inferences of each platform's pick: its cheapest that meets the objectives,
+    else its best ranked."""
+    out: dict[str, tuple[float, int]] = {}
     for platform, cands in advice.by_platform.items():
         c = advice.winners.get(platform) or (cands[0] if cands else None)
         if c is None:
             continue
         if platform == "knative":
-            out["zeroserve"] = c.knobs["vcpu"]
+            out["zeroserve"] = c.knobs["vcpu"], c.knobs.get("parallel_inferences", 1)
         elif platform == "lambda":
-            out["lambda"] = spec.platforms.lambda_.vcpu(c.knobs["memory_mb"])
+            out["lambda"] = spec.platforms.lambda_.vcpu(c.knobs["memory_mb"]), 1
         elif platform == "cloud_run":
-            out["gcf"] = c.knobs["vcpu"]
+            out["gcf"] = c.knobs["vcpu"], 1
     return out
 
 
@@ -191,8 +198,8 @@ def run_local(
     results: list[Comparison] = []
     cache = out / "cache"
     for i, plan in enumerate(plans):
-        threads = profile.threads(plan.vcpu)
-        env = _env(loaded.model_path, spec.model.name, loaded.model_sha256, threads, cache)
+        threads = max(1, profile.threads(plan.vcpu) // plan.parallel)
+        env = _env(loaded.model_path, spec.model.name, loaded.model_sha256, threads, cache, plan.parallel)
         env["ZEROSERVE_LOG_LEVEL"] = "warning"
         console.print(
             f"validate: {plan.name} ({plan.kind}) at {plan.vcpu:g} vCPU, {threads} thread(s), "
@@ -328,7 +335,7 @@ REPLICA_SECONDS_TOLERANCE = 0.20
 @dataclass
 class KnativeComparison:
     knobs: dict[str, Any]
-    predicted_cold: int
+    predicted_cold: float  # the mean over the autoscaler tick phases
     measured_cold: int
     predicted_replica_seconds: float
     measured_replica_seconds: float | None
@@ -336,35 +343,44 @@ class KnativeComparison:
     measured_p50_ms: float | None
     predicted_p99_ms: float
     measured_p99_ms: float | None
-    # The simulation's time from zero to serving (pod_start_s plus the profiled runtime cold start), the
-    # measured cold answers' median, and the replica peaks: what names the assumption behind a miss.
-    predicted_cold_s: float = 0.0
+    # The cold answers' medians (the simulation's: pod_start_s, the profiled runtime cold start, and any wait
+    # for a node's room), the replica peaks, and the room the simulation gave the replicas (None: no
+    # limit): what names the assumption behind a miss.
+    predicted_cold_p50_ms: float | None = None
     measured_cold_p50_ms: float | None = None
     predicted_max_replicas: int = 0
     measured_max_replicas: int | None = None
+    capacity: int | None = None
+    pod_start_s: float = 0.0  # what the simulation used
+    pod_start_measured: bool = False  # on the cluster (measure_pod_start), not the assumption's default
 
     def misses(self) -> list[str]:
         """What is outside the goals, with the assumption most likely behind it."""
         out = []
-        cold_ms = self.measured_cold_p50_ms
-        if cold_ms and cold_ms / 1000 > 2 * self.predicted_cold_s:
+        cold_ms, want_ms = self.measured_cold_p50_ms, self.predicted_cold_p50_ms
+        if cold_ms and want_ms and cold_ms > 2 * want_ms:
             # A start this much slower than assumed keeps the activator's buffered requests in the KPA's
             # panic window: it scales out far, and replicas the node cannot fit wait Pending but count.
+            why = (
+                "the node may be full: set platforms.knative.max_nodes and node_free_vcpu, and a start waits "
+                "for room (a replica told to go holds its CPU termination_drain_s longer)"
+                if self.capacity is None
+                else "pod_start_s or termination_drain_s is too small for this cluster (scheduling, image "
+                "pulls, a CPU-starved node)"
+            )
             out.append(
-                f"cold answers took {cold_ms / 1000:,.1f} s (median), the simulation starts a replica in "
-                f"{self.predicted_cold_s:,.1f} s: pod_start_s is too small for this cluster (scheduling, "
-                "a CPU-starved node); replicas peaked at "
-                f"{self.measured_max_replicas} against {self.predicted_max_replicas} predicted, and the "
-                "simulation has no node capacity, so replicas that cannot be scheduled are not modelled"
+                f"cold answers took {cold_ms / 1000:,.1f} s (median), {want_ms / 1000:,.1f} s predicted: "
+                f"{why}; "
+                f"replicas peaked at {self.measured_max_replicas}, {self.predicted_max_replicas} predicted"
             )
         if self.measured_cold and abs(self.predicted_cold / self.measured_cold - 1) > COLD_TOLERANCE:
             out.append(
-                f"cold starts {self.predicted_cold} predicted, {self.measured_cold} measured: the "
+                f"cold starts {self.predicted_cold:.1f} predicted, {self.measured_cold} measured: the "
                 "scale-to-zero timing (stable_window_s, scale_to_zero_grace_s, the cluster's "
                 "config-autoscaler) differs"
             )
         elif not self.measured_cold and self.predicted_cold:
-            out.append(f"cold starts {self.predicted_cold} predicted, none measured")
+            out.append(f"cold starts {self.predicted_cold:.1f} predicted, none measured")
         got = self.measured_replica_seconds
         if got and abs(self.predicted_replica_seconds / got - 1) > REPLICA_SECONDS_TOLERANCE:
             out.append(
@@ -372,6 +388,11 @@ class KnativeComparison:
                 "the KPA's windows or pod_start_s (scheduling, image pull) differ from the cluster's"
             )
         return out
+
+
+def _cold_p50_ms(sim: Any) -> float | None:
+    waited = sim.latency_s[sim.cold & sim.ok]
+    return float(np.median(waited)) * 1000 if waited.size else None
 
 
 def _knative_prediction(loaded: Any, profile: Profile, advice: Any, duration: float) -> tuple[Any, Any, Any]:
@@ -393,14 +414,77 @@ def predict_knative(loaded: Any, profile: Profile, advice: Any, duration: float)
     sim = predicted.sim
     return {
         "knobs": pick.knobs,
-        "requests": int(sim.ok.size),
+        "requests": sim.ok.size // sim.runs,
         "cold_starts": sim.cold_starts,
-        "cold_requests": int(sim.cold.sum()),
+        "cold_requests": sim.cold_requests,
+        "cold_p50_ms": _cold_p50_ms(sim),
+        "pending_s": sim.pending_s,
         "replica_starts": sim.starts,
         "replica_seconds": predicted.replica_seconds,
         "p50_ms": predicted.p50_ms,
         "p99_ms": predicted.p99_ms,
     }
+
+
+def _pods_left(api: Any, namespace: str, selector: str) -> int:
+    """Pods of the service, terminating ones included: they hold their node's CPU until gone."""
+    return len(api.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=30).items)
+
+
+def _wait_for_no_pods(api: Any, namespace: str, selector: str, within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
+    while _pods_left(api, namespace, selector):
+        if time.monotonic() > deadline:
+            raise ValidateError(f"knative: the service still has pods after {within_s:.0f} s ({what})")
+        time.sleep(0.5)
+
+
+def measure_pod_start(
+    url: str, host: str | None, model: str, payload: dict[str, Any], api: Any, namespace: str, selector: str
+) -> float:
+    """The cluster's own pod start: one request to the service at zero, its latency less the runtime's
+    init and inference time (the answer's cold-start headers). Scheduling, the sandbox, the containers
+    and the activator's probing are what is left, which is what pod_start_s assumes. Waits for the pods
+    to be gone before and after (a terminating one holds its node's CPU)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from zeroserve_runtime.protocol import headers as zh
+
+    _wait_for_no_pods(api, namespace, selector, 300, "before measuring its pod start")
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=120)
+    try:
+        started = time.monotonic()
+        conn.request(
+            "POST",
+            f"{parts.path.rstrip('/')}/v2/models/{model}/infer",
+            orjson.dumps(payload),
+            {"Content-Type": "application/json", **({"Host": host} if host else {})},
+        )
+        resp = conn.getresponse()
+        body = resp.read()
+        latency = time.monotonic() - started
+    except OSError as e:
+        raise ValidateError(f"knative: no answer from {url}: {e}") from None
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise ValidateError(f"knative: {url} answered {resp.status}: {body[:300].decode(errors='replace')}")
+    if resp.getheader(zh.COLD_START) != "1":
+        raise ValidateError("knative: the first answer from zero carries no cold-start header")
+    init = float(resp.getheader(zh.INIT_SECONDS) or 0)
+    infer = zh.parse_server_timing(resp.getheader(zh.SERVER_TIMING)) or 0.0
+    _wait_for_no_pods(api, namespace, selector, 300, "after measuring its pod start")
+    return max(0.0, latency - init - infer)
+
+
+def _with_pod_start(loaded: Any, pod_start_s: float) -> Any:
+    spec = loaded.spec
+    kn = spec.platforms.knative
+    kn = kn.model_copy(update={"assumptions": kn.assumptions.model_copy(update={"pod_start_s": pod_start_s})})
+    spec = spec.model_copy(update={"platforms": spec.platforms.model_copy(update={"knative": kn})})
+    return loaded.model_copy(update={"spec": spec})
 
 
 def validate_knative(
@@ -415,16 +499,35 @@ def validate_knative(
     duration: float,
     host: str | None = None,
     kubeconfig: Path | None = None,
+    measure_start: bool = True,
 ) -> KnativeComparison:
     """Bench a ModelService deployed with the Knative pick's settings (advise writes it as
     modelservice.yaml; apply it first) on the same arrivals cut to `duration`, recording its replicas,
     and compare cold starts, replica-seconds, p50 and p99 with the simulation of that configuration.
     Measure on an MMPP whose quiet periods straddle the scale-to-zero window: sporadic bursts alone all
-    start cold and prove little."""
+    start cold and prove little.
+
+    With `measure_start`, the cluster's pod start is measured first (measure_pod_start) and the
+    simulation uses it for pod_start_s: that is a property of the cluster, not of the model, and the
+    assumption's default comes from another one."""
     from zeroserve_loadgen.bench import BenchOptions, run_bench
+    from zeroserve_loadgen.replicas import _api
     from zeroserve_loadgen.runner import LoadgenError
     from zeroserve_loadgen.targets import ReplicaSource, Target
 
+    assumed = loaded.spec.platforms.knative.assumptions.pod_start_s
+    measured_start: float | None = None
+    if measure_start:
+        api = _api(str(kubeconfig) if kubeconfig else None, None)
+        measured_start = measure_pod_start(
+            url, host, loaded.spec.model.name, loaded.payload, api, namespace, selector
+        )
+        console.print(
+            f"knative: a start from zero took {measured_start:.2f} s before the runtime's own init "
+            f"(pod_start_s assumed {assumed:g} s); simulating with it",
+            highlight=False,
+        )
+        loaded = _with_pod_start(loaded, measured_start)
     spec = loaded.spec
     pick, workload, predicted = _knative_prediction(loaded, profile, advice, duration)
     target = Target(
@@ -451,17 +554,19 @@ def validate_knative(
         measured_p50_ms=t.latency_ms.get("p50"),
         predicted_p99_ms=predicted.p99_ms,
         measured_p99_ms=t.latency_ms.get("p99"),
-        predicted_cold_s=spec.platforms.knative.assumptions.pod_start_s
-        + profile.runtime_cold_s(pick.knobs["vcpu"]),
+        predicted_cold_p50_ms=_cold_p50_ms(predicted.sim),
         measured_cold_p50_ms=t.cold_latency_ms.get("p50"),
         predicted_max_replicas=predicted.sim.max_replicas,
         measured_max_replicas=t.max_replicas,
+        capacity=spec.platforms.knative.capacity(pick.knobs["vcpu"]),
+        pod_start_s=spec.platforms.knative.assumptions.pod_start_s,
+        pod_start_measured=measured_start is not None,
     )
     (out / "validate-knative.json").write_bytes(
         orjson.dumps({**asdict(comparison), "misses": comparison.misses()}, option=orjson.OPT_INDENT_2)
     )
     console.print(
-        f"knative {pick.label()}: cold starts {comparison.predicted_cold} predicted / "
+        f"knative {pick.label()}: cold starts {comparison.predicted_cold:.1f} predicted / "
         f"{comparison.measured_cold} measured; replica-seconds {comparison.predicted_replica_seconds:,.0f} / "
         f"{comparison.measured_replica_seconds or 0:,.0f}; p50 {comparison.predicted_p50_ms:,.1f} / "
         f"{comparison.measured_p50_ms or 0:,.1f} ms; p99 {comparison.predicted_p99_ms:,.1f} / "
