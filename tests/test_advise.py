@@ -507,6 +507,8 @@ def test_validate_runs_the_runtime_for_real_and_compares(
     assert meas / 3 < pred < meas * 3, (pred, meas)
     assert "predicted against measured" in r.stdout
     assert r.returncode == (0 if result["within"] else 1)
+    # 160 requests: their p99 is about the slowest two, shown but not judged.
+    assert result["p99_judged"] is False and "(not judged)" in r.stdout
     # The bench's report draws the offered load and success ratio under the latency, and the cost.
     page = (tmp_path / "out" / "validate" / "zeroserve" / "report.html").read_text()
     assert 'alt="offered load and success ratio over time" src="data:image/png;base64,' in page
@@ -516,6 +518,18 @@ def test_validate_runs_the_runtime_for_real_and_compares(
     trace = parse({**BASE, "workload": {"type": "trace", "samples_csv": str(samples)}}).workload
     replay = trace.load(tmp_path).arrivals()  # type: ignore[union-attr]
     assert np.allclose(replay, sent - sent[0], atol=1e-3)
+
+
+def test_a_p99_is_judged_only_over_enough_requests() -> None:
+    from zeroserve.advise.validate import P99_MIN_REQUESTS, Comparison
+
+    def compared(requests: int) -> Comparison:
+        return Comparison("zeroserve", "oip-rest", 1.0, requests, 10.0, 10.5, 30.0, 15.0, 1.0)
+
+    assert compared(P99_MIN_REQUESTS).within is False  # p99 +100%
+    few = compared(P99_MIN_REQUESTS - 1)
+    assert not few.p99_judged and few.within
+    assert not Comparison("x", "oip-rest", 1.0, 50, 10.0, 15.0, 15.0, 15.0, 1.0).within  # p50 -33%
 
 
 def test_bench_prices_a_scaled_target_from_its_recorded_replica_seconds() -> None:
