@@ -50,6 +50,12 @@ class SimResult:
         return float(self.ok.sum()) / self.runs
 
     @property
+    def scheduled_replica_seconds(self) -> float:
+        """Replica-seconds on a node, as a bench counts them and a cluster bills them: a Pending replica
+        holds no node's CPU."""
+        return self.replica_seconds - self.pending_s
+
+    @property
     def cold_requests(self) -> float:
         return float(self.cold.sum()) / self.runs
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -144,8 +144,7 @@ class Sweep:
             cost_usd=cost,
             cost_per_1m_usd=pricing.per_million(cost, sim.successes),
             wall_s=sim.wall_s,
-            # Scheduled replicas only, as a bench counts them: a Pending one holds no node.
-            replica_seconds=sim.replica_seconds - sim.pending_s,
+            replica_seconds=sim.scheduled_replica_seconds,
             misses=misses,
             sim=sim,
         )
@@ -158,48 +157,46 @@ class Sweep:
         ratio = self.batch_ratio(vcpu, k["max_batch_size"]) if k["max_batch_size"] > 1 else None
         parallel = k.get("parallel_inferences", 1)
         pratio = self.profile.parallel_ratio(vcpu, parallel) if parallel > 1 else None
+        kpa = KPA(
+            target=k["target"],
+            target_utilization=a.target_utilization,
+            stable_window_s=a.stable_window_s,
+            panic_window_percentage=a.panic_window_percentage,
+            panic_threshold_percentage=a.panic_threshold_percentage,
+            tick_s=a.tick_s,
+            scale_to_zero_grace_s=a.scale_to_zero_grace_s,
+            retention_s=k["scale_to_zero_retention_s"],
+            max_scale_down_rate=a.max_scale_down_rate,
+            target_burst_capacity=a.target_burst_capacity,
+        )
+        cold_s = a.pod_start_s + self.profile.runtime_cold_s(vcpu)
+        capacity = p.capacity(vcpu)
         # The autoscaler ticks at a phase the arrivals do not know, and near the scale-to-zero edge one
         # tick decides whether a request finds a replica: the prediction is the mean over evenly spaced
         # phases, not one arbitrary phase's luck.
-        runs = []
-        for phase in range(a.tick_phases):
-            kpa = KPA(
-                target=k["target"],
-                target_utilization=a.target_utilization,
-                stable_window_s=a.stable_window_s,
-                panic_window_percentage=a.panic_window_percentage,
-                panic_threshold_percentage=a.panic_threshold_percentage,
-                tick_s=a.tick_s,
-                scale_to_zero_grace_s=a.scale_to_zero_grace_s,
-                retention_s=k["scale_to_zero_retention_s"],
-                max_scale_down_rate=a.max_scale_down_rate,
-                target_burst_capacity=a.target_burst_capacity,
-                tick_phase_s=a.tick_s * phase / a.tick_phases,
+        runs = [
+            simulate_pool(
+                self.arr,
+                svc,
+                cold_s=cold_s,
+                overhead_s=a.proxy_overhead_ms / 1000,
+                timeout_s=self.spec.objectives.timeout_s,
+                wall_s=self.wall,
+                min_scale=k["min_scale"],
+                max_scale=p.max_scale,
+                kpa=replace(kpa, tick_phase_s=a.tick_s * phase / a.tick_phases),
+                container_concurrency=k["container_concurrency"],
+                max_batch=k["max_batch_size"],
+                batch_ratio=ratio,
+                capacity=capacity,
+                drain_s=a.termination_drain_s,
+                parallel=parallel,
+                parallel_ratio=pratio,
             )
-            runs.append(
-                simulate_pool(
-                    self.arr,
-                    svc,
-                    cold_s=a.pod_start_s + self.profile.runtime_cold_s(vcpu),
-                    overhead_s=a.proxy_overhead_ms / 1000,
-                    timeout_s=self.spec.objectives.timeout_s,
-                    wall_s=self.wall,
-                    min_scale=k["min_scale"],
-                    max_scale=p.max_scale,
-                    kpa=kpa,
-                    container_concurrency=k["container_concurrency"],
-                    max_batch=k["max_batch_size"],
-                    batch_ratio=ratio,
-                    capacity=p.capacity(vcpu),
-                    drain_s=a.termination_drain_s,
-                    parallel=parallel,
-                    parallel_ratio=pratio,
-                )
-            )
+            for phase in range(a.tick_phases)
+        ]
         sim = averaged(runs)
-        # A Pending replica holds no node's CPU: it is counted (as the pods are), not paid for.
-        held = sim.replica_seconds - sim.pending_s
-        cost = pricing.knative_cost(p.node, vcpu, held, p.fixed_nodes, sim.wall_s)
+        cost = pricing.knative_cost(p.node, vcpu, sim.scheduled_replica_seconds, p.fixed_nodes, sim.wall_s)
         return sim, cost
 
     def _always_on(self, k: dict[str, Any]) -> tuple[SimResult, float]:

@@ -134,8 +134,9 @@ def predict(
     return sim.percentiles_ms()
 
 
-def through_front_end(local: _Local, model: str, body: bytes, gap_s: float) -> list[float]:
-    """Paced requests through a local function's HTTP front end, as the profile times the runtime."""
+def time_paced(local: _Local, model: str, body: bytes, gap_s: float) -> list[float]:
+    """Paced requests to a local target, as the profile times the runtime; through a function's local HTTP
+    front end, they hold its handler's time and the front end's."""
     return time_http(local.port, model, body, 60, 10.0, lambda: None, gap_s)
 
 
@@ -244,7 +245,7 @@ def run_local(
             try:
                 local.wait_ready()
                 gap_s = spec.profile.gap_ms / 1000
-                paced = through_front_end(local, spec.model.name, orjson.dumps(loaded.payload), gap_s)
+                paced = time_paced(local, spec.model.name, orjson.dumps(loaded.payload), gap_s)
                 through: list[float] | None = None
                 if plan.service == "handler":
                     through = paced
