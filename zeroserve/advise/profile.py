@@ -219,14 +219,12 @@ class Profile:
     def threads(self, vcpu: float) -> int:
         return min(self.best(), key=lambda p: abs(math.log(p.vcpu / vcpu))).threads
 
-    def _scaled(
-        self, vcpu: float, pick: Callable[[Point], list[float]], among: list[Point] | None = None
-    ) -> np.ndarray:
+    def _scaled(self, vcpu: float, pick: Callable[[Point], list[float]]) -> np.ndarray:
         """Samples at `vcpu`: the nearest measured point's, scaled by the median interpolated in log-log
         between the points around it. Below the lowest point, time scales as 1/vCPU (a CPU-bound run
         gets its quota's share); above the highest, the highest point's (this machine has no more
         cores to measure with: a conservative guess)."""
-        pts = sorted((p for p in (among or self.best()) if pick(p)), key=lambda p: p.vcpu)
+        pts = [p for p in self.best() if pick(p)]
         if not pts:
             raise ProfileError("the profile has no samples for this")
         xs = np.log([p.vcpu for p in pts])
