@@ -507,6 +507,10 @@ def test_validate_runs_the_runtime_for_real_and_compares(
     assert meas / 3 < pred < meas * 3, (pred, meas)
     assert "predicted against measured" in r.stdout
     assert r.returncode == (0 if result["within"] else 1)
+    # The runtime was timed paced just before the run, against the profile: the drift is reported, and
+    # the profile's own prediction kept beside the one fed now's service time.
+    assert "the runtime answers paced requests in" in r.stdout
+    assert math.isfinite(result["drift"]) and result["profile_p50_ms"] > 0
     # 160 requests: their p99 is about the slowest two, shown but not judged.
     assert result["p99_judged"] is False and "(not judged)" in r.stdout
     # The bench's report draws the offered load and success ratio under the latency, and the cost.
@@ -518,6 +522,58 @@ def test_validate_runs_the_runtime_for_real_and_compares(
     trace = parse({**BASE, "workload": {"type": "trace", "samples_csv": str(samples)}}).workload
     replay = trace.load(tmp_path).arrivals()  # type: ignore[union-attr]
     assert np.allclose(replay, sent - sent[0], atol=1e-3)
+
+
+def test_a_validation_feeds_the_runtime_time_paced_just_before_the_run() -> None:
+    from zeroserve.advise.profile import Point, Profile
+    from zeroserve.advise.validate import LocalPlan, predict, runtime_drift
+
+    rng = np.random.default_rng(0)
+    then = list(0.001 + rng.exponential(0.0001, 400))  # the profile: 1.1 ms a request at 1 vCPU
+    profile = Profile("sha", "m", [Point(vcpu=1.0, threads=1, runtime_s={1: then})])
+    plan = LocalPlan("zeroserve", "oip-rest", 1.0, "runtime")
+    now = [2 * t for t in then[:60]]  # the machine now answers in twice the time
+    drift = runtime_drift(profile, plan, now)
+    assert drift == pytest.approx(1.0, abs=0.15)
+    arrivals = np.arange(0.0, 100.0, 0.5)  # one every 0.5 s: no queueing, p50 is the service time
+    as_profiled, _ = predict(profile, plan, arrivals, 100.0, 30.0, 1)
+    fed_now, _ = predict(profile, plan, arrivals, 100.0, 30.0, 1, None, 0.0002, 1 + drift)
+    assert as_profiled == pytest.approx(np.median(then) * 1000, rel=0.1)
+    assert fed_now == pytest.approx((np.median(now) + 0.0002) * 1000, rel=0.1)
+
+
+def test_a_profile_taken_while_other_processes_take_the_cpus_says_so_whenever_used(
+    models: dict[str, Path], tmp_path: Path, cpu_cgroup: None
+) -> None:
+    off = {"enabled": False}
+    platforms = {"knative": {"vcpu": [1.0]}, "lambda": off, "cloud_run": off, "always_on": off}
+    busy_file = _advise_file(tmp_path, models["linear"], platforms=platforms)
+    # A real neighbour: one core spinning, as another job on a shared machine.
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = _run(str(busy_file), "--out", str(tmp_path / "busy"))
+    finally:
+        spin.kill()
+        spin.wait()
+    assert busy.returncode == 0, busy.stdout[-3000:] + busy.stderr[-3000:]
+    report = json.loads((tmp_path / "busy" / "advice.json").read_text())["profile"]
+    (cached,) = (tmp_path / "cache").glob("*.json")
+    assert "other processes used" in report["busy_warning"] and cached.name in report["busy_warning"]
+    assert "profile: warning: other processes used" in busy.stdout
+    # Used again from the cache, on a quiet machine: it still says it was taken on a busy one.
+    again = _run(str(busy_file), "--out", str(tmp_path / "again"))
+    assert "cached from a run" in again.stdout and "profile: warning: other processes used" in again.stdout
+    # The same profile measured without the neighbour sees about a core less taken by others.
+    quiet_dir = tmp_path / "q"
+    quiet_dir.mkdir()
+    quiet_file = _advise_file(quiet_dir, models["linear"], platforms=platforms)  # its own cache
+    quiet = _run(str(quiet_file), "--out", str(tmp_path / "quiet"))
+    assert quiet.returncode == 0, quiet.stdout[-3000:]
+    busy_cpus = report["points"][0]["others_cpus"]
+    quiet_cpus = json.loads((tmp_path / "quiet" / "advice.json").read_text())["profile"]["points"][0][
+        "others_cpus"
+    ]
+    assert busy_cpus - quiet_cpus > 0.5, (busy_cpus, quiet_cpus)
 
 
 def test_a_p99_is_judged_only_over_enough_requests() -> None:

@@ -163,6 +163,8 @@ def advise_loaded(
         f"({'cached from a run of' if profile.cached else 'measured in'} {profile.seconds:.1f} s)",
         highlight=False,
     )
+    if warning := profile.busy_warning():
+        console.print(f"profile: [yellow]warning[/]: {warning}", highlight=False)
     arrivals = loaded.arrivals()
     started = time.monotonic()
     with Progress(

@@ -10,7 +10,9 @@ Per vCPU point:
   init, process start to ready, and its in-process service time per request, which is what Lambda
   bills.
 
-A profile is cached by the model's sha256 and what was asked of it.
+A profile is cached by the model's sha256 and what was asked of it, with how much CPU other processes
+took while each point was timed: a profile taken on a busy machine is slower, with a heavier tail, and it
+says so whenever it is used.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ from zeroserve.children import dies_with_parent
 
 PROFILE_VERSION = 1
 PERIOD_US = 100_000
+# CPUs that other processes may take while a point is timed before the profile calls itself busy: a
+# quarter of a core stretched the digits model's paced tail from 1.7 ms to 6 ms (13% of samples 3-7x the
+# median), which a cached profile then predicts for every later run.
+BUSY_CPUS = 0.25
 _ORT_TYPES = {
     "tensor(float)": ("FP32", 0.0),
     "tensor(double)": ("FP64", 0.0),
@@ -182,6 +188,7 @@ class Point:
     parallel_alone_s: dict[int, list[float]] = field(default_factory=dict)
     handler_init_s: float = 0.0
     limited: bool = True  # under a cgroup quota; False: unconstrained, scaled
+    others_cpus: float = 0.0  # CPUs other processes used, on average, while this point was timed
 
 
 @dataclass
@@ -207,6 +214,21 @@ class Profile:
         return cls(points=points, **raw)
 
     # -- service times for any vCPU, from the measured points --------------------------------------
+
+    @property
+    def others_cpus(self) -> float:
+        """The most CPUs other processes took while a point was timed."""
+        return max((p.others_cpus for p in self.points), default=0.0)
+
+    def busy_warning(self) -> str | None:
+        if self.others_cpus <= BUSY_CPUS:
+            return None
+        worst = max(self.points, key=lambda p: p.others_cpus)
+        return (
+            f"other processes used {worst.others_cpus:.2f} CPUs while the profile timed {worst.vcpu:g} vCPU: "
+            "its service times may be slow and their tail heavy. Profile on a quieter machine (delete "
+            f"{self.model_sha256}-{self.key}.json from profile.cache_dir to measure again)"
+        )
 
     def best(self) -> list[Point]:
         """Per vCPU, the point with the fastest runtime at batch 1 (its threads are the recommendation)."""
@@ -294,6 +316,31 @@ def profile_key(
         **({"parallel": list(parallel)} if parallel else {}),
     }
     return hashlib.sha256(json.dumps(ask, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class OthersCpu:
+    """CPU seconds the whole machine spent busy, less this process's and its reaped children's, over a
+    span: what other processes (and a hypervisor's steal) took from the cores the profile measures on."""
+
+    def __enter__(self) -> OthersCpu:
+        self._start = self._read()
+        self._t0 = time.monotonic()
+        self.cpus = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        machine, ours = (b - a for a, b in zip(self._start, self._read(), strict=True))
+        self.cpus = max(0.0, machine - ours) / max(time.monotonic() - self._t0, 1e-9)
+
+    @staticmethod
+    def _read() -> tuple[float, float]:
+        import psutil
+
+        t = psutil.cpu_times()
+        busy = t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+        busy += getattr(t, "steal", 0)
+        me = psutil.Process().cpu_times()
+        return busy, me.user + me.system + me.children_user + me.children_system
 
 
 def _free_port() -> int:
@@ -510,7 +557,7 @@ def run_profile(
             bar.update(task, description=f"{model_name} at {vcpu:g} vCPU, {threads} thread(s)")
             point = Point(vcpu=vcpu, threads=threads, limited=limited)
             env = _env(model_path, model_name, sha, threads, work / "cache")
-            with cpu_limit(vcpu, f"{i}", limited) as wrap:
+            with OthersCpu() as others, cpu_limit(vcpu, f"{i}", limited) as wrap:
                 server = _Server(wrap, env, work / f"runtime-{i}.log")
                 try:
                     server.wait_ready(timeout_s=300)
@@ -552,6 +599,7 @@ def run_profile(
                         settings.gap_ms / 1000,
                     )
                     bar.advance(task, sum(len(v) for v in point.handler_s.values()))
+            point.others_cpus = others.cpus
             for series in (point.runtime_s, point.handler_s, point.parallel_s, point.parallel_alone_s):
                 for b in series:
                     series[b] = drop_stalls(series[b], settings.stall_factor)

@@ -114,6 +114,7 @@ def to_dict(
         "prices": pricing.sources(),
         "profile": {
             "seconds": profile.seconds,
+            "busy_warning": profile.busy_warning(),
             "points": [
                 {
                     "vcpu": p.vcpu,
@@ -125,6 +126,7 @@ def to_dict(
                     # n parallel inferences: ms per request with n at once, and with one, back to back.
                     "parallel_ms_p50": {n: _median_ms(v) for n, v in p.parallel_s.items()},
                     "parallel_alone_ms_p50": {n: _median_ms(v) for n, v in p.parallel_alone_s.items()},
+                    "others_cpus": p.others_cpus,
                 }
                 for p in profile.points
             ],

@@ -59,6 +59,11 @@ class Comparison:
     predicted_p99_ms: float
     measured_p99_ms: float | None
     measured_success: float | None
+    # The runtime's paced time just before the run against the profile's at this vCPU (now / then - 1), and
+    # the p50 predicted from the profile as it was: a service time a millisecond long moves 2x with the
+    # machine's state between runs, and that is the cached profile's age, not the simulation's error.
+    drift: float | None = None
+    profile_p50_ms: float | None = None
 
     def errors(self) -> tuple[float, float]:
         def rel(pred: float, meas: float | None) -> float:
@@ -116,15 +121,17 @@ def predict(
     seed: int,
     through_front: list[float] | None = None,
     client_s: float = 0.0,
+    runtime_scale: float = 1.0,
 ) -> tuple[float, float]:
     """p50 and p99 of the same arrivals through one warm FIFO server with the profile's service times.
     A function's local HTTP front end (the Lambda URL emulator, functions-framework) is not the cloud's,
     so the profile does not hold it: `through_front` are paced requests through it, timed on the process
     before the run (the handler's profiled time plus the front end's, tail included). `client_s` is what
-    the load generator's client adds to each request over the profile's."""
+    the load generator's client adds to each request over the profile's. `runtime_scale` rescales the
+    runtime's profiled samples (their tail's shape kept) to its paced time just before the run."""
     u = np.random.default_rng([seed, 3]).random(len(arrivals))
     if plan.service == "runtime" or not through_front:
-        svc = draw(profile.runtime_service(plan.vcpu), u)
+        svc = draw(profile.runtime_service(plan.vcpu) * runtime_scale, u)
     else:
         svc = draw(np.asarray(through_front), u)
     ratio = profile.parallel_ratio(plan.vcpu, plan.parallel) if plan.parallel > 1 else None
@@ -138,6 +145,20 @@ def time_paced(local: _Local, model: str, body: bytes, gap_s: float) -> list[flo
     """Paced requests to a local target, as the profile times the runtime; through a function's local HTTP
     front end, they hold its handler's time and the front end's."""
     return time_http(local.port, model, body, 60, 10.0, lambda: None, gap_s)
+
+
+# Beyond this, the runtime's paced time now and the profile's differ by more than the p50 goal allows: the
+# report says the profile is stale for this machine as it is.
+DRIFT_WARNING = 0.20
+
+
+def runtime_drift(profile: Profile, plan: LocalPlan, paced: list[float]) -> float:
+    """The runtime's paced time now over the profile's at this vCPU, less 1. Both are one request at a
+    time at the profile's pace, so what moves them is the machine (its other processes, its clock and
+    idle states), not the load: the simulation is then fed now's, as the handlers' are. With parallel
+    inferences the runtime runs its share of the threads, so the ratio holds that split too."""
+    then = float(np.median(profile.runtime_service(plan.vcpu)))
+    return float(np.median(paced)) / then - 1 if then > 0 else 0.0
 
 
 def client_overhead(target: Any, payload: dict[str, Any], paced: list[float], gap_s: float) -> float:
@@ -247,7 +268,23 @@ def run_local(
                 gap_s = spec.profile.gap_ms / 1000
                 paced = time_paced(local, spec.model.name, orjson.dumps(loaded.payload), gap_s)
                 through: list[float] | None = None
-                if plan.service == "handler":
+                drift: float | None = None
+                if plan.service == "runtime":
+                    drift = runtime_drift(profile, plan, paced)
+                    now_ms = float(np.median(paced)) * 1000
+                    console.print(
+                        f"  the runtime answers paced requests in {now_ms:.2f} ms now, "
+                        f"{drift:+.0%} against the profile"
+                        + (
+                            ": the machine is not as it was when the profile was taken; the prediction "
+                            "uses now's time (advise itself used the profile's: re-profile with "
+                            "profile.cache_dir emptied to refresh it)"
+                            if abs(drift) > DRIFT_WARNING
+                            else ""
+                        ),
+                        highlight=False,
+                    )
+                elif plan.service == "handler":
                     through = paced
                     front = float(np.median(through) - np.median(profile.handler_service(plan.vcpu)))
                     console.print(f"  its local HTTP front end: {front * 1000:.2f} ms", highlight=False)
@@ -269,16 +306,9 @@ def run_local(
             finally:
                 local.stop()
         t = result.report.targets[0]
-        p50, p99 = predict(
-            profile,
-            plan,
-            arrivals,
-            workload.duration,
-            spec.objectives.timeout_s,
-            spec.seed,
-            through,
-            client_s,
-        )
+        args = (profile, plan, arrivals, workload.duration, spec.objectives.timeout_s, spec.seed, through)
+        p50, p99 = predict(*args, client_s, 1.0 + (drift or 0.0))
+        as_profiled = predict(*args, client_s)[0] if drift is not None else None
         results.append(
             Comparison(
                 plan.name,
@@ -290,6 +320,8 @@ def run_local(
                 p99,
                 t.latency_ms.get("p99"),
                 t.success_ratio,
+                drift,
+                as_profiled,
             )
         )
     (out / "validate.json").write_bytes(
@@ -316,6 +348,7 @@ def print_comparisons(results: list[Comparison], console: Any) -> None:
         "p99 meas",
         "err",
         "ok",
+        "svc drift",
     ):
         table.add_column(h, justify="right" if h not in ("target", "ok") else "left")
     for c in results:
@@ -331,8 +364,16 @@ def print_comparisons(results: list[Comparison], console: Any) -> None:
             "-" if c.measured_p99_ms is None else f"{c.measured_p99_ms:,.1f}",
             f"{e99:+.0%}" + ("" if c.p99_judged else " (not judged)"),
             "yes" if c.within else "no",
+            "-" if c.drift is None else f"{c.drift:+.0%}",
         )
     console.print(table)
+    stale = [c for c in results if c.drift is not None and abs(c.drift) > DRIFT_WARNING]
+    for c in stale:
+        console.print(
+            f"  {c.target}: the runtime's service time moved {c.drift:+.0%} since the profile; from the "
+            f"profile as it was, p50 would be predicted {c.profile_p50_ms:,.2f} ms",
+            highlight=False,
+        )
     if any(not c.p99_judged for c in results):
         console.print(
             f"  p99 is judged over {P99_MIN_REQUESTS} requests or more; raise --validate-duration for it",
