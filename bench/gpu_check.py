@@ -7,7 +7,9 @@ For each model it
   2. sends fixed inputs (the binary tensor extension) and compares the answers with a CPU session's,
      within --rtol/--atol (the CUDA provider may use TF32 and other kernels, so not bit for bit);
   3. measures p50 latency (one request at a time, batch 1) and throughput (--concurrency clients) through
-     the runtime, and the same for a raw onnxruntime-gpu session in this process.
+     the runtime, and the same for a raw onnxruntime-gpu session in this process;
+  4. measures p50 latency at each of --batches, through the runtime and raw: a GPU earns its keep on
+     batches, so batch 1 alone would understate it against a CPU.
 
     python bench/gpu_check.py preflight [options]    argument checks and the GPU probe only (stdlib)
     python bench/gpu_check.py requirement            the onnxruntime-gpu requirement the GPU image installs
@@ -34,6 +36,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +92,40 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=8, help="clients for throughput (default 8)")
     p.add_argument("--rtol", type=float, default=1e-2, help="relative tolerance against CPU (default 1e-2)")
     p.add_argument("--atol", type=float, default=1e-2, help="absolute tolerance against CPU (default 1e-2)")
+    p.add_argument(
+        "--batches",
+        type=batch_sizes,
+        default=(1, 8, 32),
+        help="batch sizes for the p50 at each batch, comma-separated (default 1,8,32)",
+    )
+    p.add_argument(
+        "--batch-seconds", type=float, default=2, help="length of each batch's p50 measurement (default 2)"
+    )
     p.add_argument("--out", type=Path, help="also write the figures here, as JSON")
+    p.add_argument(
+        "--keep",
+        type=Path,
+        help="keep each runtime's log in this folder (default: a temporary one, removed at the end)",
+    )
     args = p.parse_args(argv)
-    for name in ("seconds", "rtol", "atol"):
+    for name in ("seconds", "batch_seconds", "rtol", "atol"):
         if not getattr(args, name) > 0:
-            p.error(f"--{name} must be above 0, not {getattr(args, name)}")
+            p.error(f"--{name.replace('_', '-')} must be above 0, not {getattr(args, name)}")
     if not 1 <= args.concurrency <= 256:
         p.error(f"--concurrency must be 1 to 256, not {args.concurrency}")
     return args
+
+
+def batch_sizes(text: str) -> tuple[int, ...]:
+    """--batches: sizes from 1 to 256, comma-separated; 256 bounds one request's body (EfficientNet's
+    input is 0.6 MB an image)."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or not all(1 <= size <= 256 for size in sizes):
+        raise argparse.ArgumentTypeError(f"must be batch sizes 1 to 256, comma-separated, not {text!r}")
+    return sizes
 
 
 def check_models(folder: Path) -> None:
@@ -150,7 +179,7 @@ def free_port() -> int:
 class Runtime:
     """`zeroserve serve --device gpu` on a loopback port, its log in a file."""
 
-    def __init__(self, zeroserve: Path, model: Path, name: str, log: Path) -> None:
+    def __init__(self, zeroserve: Path, model: Path, name: str, log: Path, cache: Path) -> None:
         self.name, self.port, self.log = name, free_port(), log
         argv = [
             str(zeroserve),
@@ -161,7 +190,7 @@ class Runtime:
             "--host=127.0.0.1",
             f"--http-port={self.port}",
             "--grpc-port=0",
-            f"--cache-dir={log.parent / 'cache'}",
+            f"--cache-dir={cache}",
         ]
         with log.open("wb") as out:
             self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
@@ -260,19 +289,24 @@ class Figures:
     requests: int = field(default=0)
 
 
-def measure(call_factory: Any, seconds: float, concurrency: int) -> Figures:
-    """p50 of one caller alone, then inferences per second from `concurrency` callers at once; each
-    caller gets its own `call_factory()` (a connection, for the runtime)."""
+def p50_ms(call: Any, seconds: float, warmup: int = 20) -> float:
+    """The median latency of `call`, one at a time, over `seconds`."""
     import statistics
 
-    call = call_factory()
-    for _ in range(20):  # the provider's lazy setup and the connection, out of the figures
+    for _ in range(warmup):  # the provider's lazy setup (per input shape) and the connection, out of it
         call()
     latencies = []
     end = time.perf_counter() + seconds
     while (start := time.perf_counter()) < end:
         call()
         latencies.append(time.perf_counter() - start)
+    return statistics.median(latencies) * 1000
+
+
+def measure(call_factory: Any, seconds: float, concurrency: int) -> Figures:
+    """p50 of one caller alone, then inferences per second from `concurrency` callers at once; each
+    caller gets its own `call_factory()` (a connection, for the runtime)."""
+    p50 = p50_ms(call_factory(), seconds)
     counts = [0] * concurrency
     stop_at = time.perf_counter() + seconds
 
@@ -289,7 +323,7 @@ def measure(call_factory: Any, seconds: float, concurrency: int) -> Figures:
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - began
-    return Figures(statistics.median(latencies) * 1000, sum(counts) / elapsed, sum(counts))
+    return Figures(p50, sum(counts) / elapsed, sum(counts))
 
 
 def close_enough(name: str, got: Any, want: Any, args: argparse.Namespace) -> list[str]:
@@ -305,7 +339,9 @@ def close_enough(name: str, got: Any, want: Any, args: argparse.Namespace) -> li
     return [f"{name}: max |GPU - CPU| = {worst:.3g}, over rtol {rtol} / atol {atol}"]
 
 
-def check_model(case: ModelCase, args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], list[str]]:
+def check_model(
+    case: ModelCase, args: argparse.Namespace, logs: Path, cache: Path
+) -> tuple[dict[str, Any], list[str]]:
     import numpy as np
     import onnxruntime as ort
 
@@ -321,7 +357,7 @@ def check_model(case: ModelCase, args: argparse.Namespace, work: Path) -> tuple[
     for name, got in zip(names, raw.run(names, batch8), strict=True):
         failures += close_enough(f"{case.name} raw onnxruntime-gpu {name}", got, want[name], args)
 
-    runtime = Runtime(args.zeroserve, path, case.name, work / f"{case.name}.log")
+    runtime = Runtime(args.zeroserve, path, case.name, logs / f"{case.name}.log", cache)
     try:
         runtime.wait_ready()
         meta = json.loads(runtime.get(f"/v2/models/{case.name}"))
@@ -353,12 +389,23 @@ def check_model(case: ModelCase, args: argparse.Namespace, work: Path) -> tuple[
 
         through_runtime = measure(runtime_call, args.seconds, args.concurrency)
         raw_figures = measure(raw_call, args.seconds, args.concurrency)
+
+        batches = []
+        for size in args.batches:
+            feeds = case.feeds(size, seed=3)
+            batch_body, batch_headers = encode(feeds)
+            client = Client(runtime)
+            # Fewer warm-up calls than at batch 1: a batch of 32 images is 19 MB a request.
+            served_ms = p50_ms(partial(client.infer, batch_body, batch_headers), args.batch_seconds, 5)
+            raw_ms = p50_ms(partial(raw.run, names, feeds), args.batch_seconds, 5)
+            batches.append({"batch": size, "runtime_p50_ms": served_ms, "raw_p50_ms": raw_ms})
     finally:
         runtime.stop()
     figures = {
         "provider": provider,
         "runtime": through_runtime.__dict__,
         "raw_onnxruntime_gpu": raw_figures.__dict__,
+        "batches": batches,
     }
     return figures, failures
 
@@ -379,8 +426,17 @@ def run(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"gpus": probe_gpu(), "onnxruntime": ort.__version__, "models": {}}
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        logs = args.keep or Path(tmp)
+        logs.mkdir(parents=True, exist_ok=True)
         for case in MODELS:
-            figures, failed = check_model(case, args, Path(tmp))
+            try:
+                figures, failed = check_model(case, args, logs, Path(tmp) / "cache")
+            except (AssertionError, OSError) as e:
+                # A runtime that did not start or answer fails this model; the other is still checked.
+                report["models"][case.name] = {"error": str(e)}
+                failures.append(f"{case.name}: {e}")
+                print(f"{case.name}: FAILED: {e}", flush=True)
+                continue
             report["models"][case.name] = figures
             failures += failed
             print_figures(case.name, figures)
@@ -402,6 +458,13 @@ def print_figures(name: str, figures: dict[str, Any]) -> None:
         f"{raw['per_second']:.0f}/s raw",
         flush=True,
     )
+    for b in figures["batches"]:
+        size, served, raw_ms = b["batch"], b["runtime_p50_ms"], b["raw_p50_ms"]
+        print(
+            f"{name}: batch {size} p50 {served:.2f} ms through the runtime ({size * 1000 / served:.0f} "
+            f"inferences/s), {raw_ms:.2f} ms raw ({size * 1000 / raw_ms:.0f}/s)",
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,9 +7,11 @@
 #      on CUDAExecutionProvider and answer as a CPU session does, within tolerance; p50 and throughput
 #      through the runtime beside raw onnxruntime-gpu, in the same run.
 #
-#   bench/gpu_check.sh [--models DIR] [--seconds 10] [--concurrency 8] [--out figures.json]
+#   bench/gpu_check.sh [--models DIR] [--seconds 10] [--concurrency 8] [--batches 1,8,32]
+#                      [--out figures.json] [--keep LOG_DIR]
 #   ZEROSERVE_GPU_VENV=...   where the venv goes (default: ~/.cache/zeroserve/venv-gpu; reused when current)
 #   PYTHON=...               the python 3.11+ that builds it (default: python3)
+#   ONNXRUNTIME_GPU=...      the onnxruntime-gpu requirement (default: the GPU image's, runtimes/onnx/Dockerfile)
 # Exit status: 0 every check passed, 1 a check failed, 2 no GPU, bad arguments or missing models.
 set -euo pipefail
 
@@ -24,7 +26,9 @@ command -v "$python" >/dev/null || { log "error: $python not found; set PYTHON t
 # Standard library only: fails in a second on a machine without a GPU, before gigabytes of wheels.
 "$python" "$here/gpu_check.py" preflight "$@"
 
-requirement=$("$python" "$here/gpu_check.py" requirement)
+# The image's pin (CUDA 12) unless told otherwise, as the Dockerfile's build-arg of the same name is:
+# onnxruntime-gpu 1.27 and later are built for CUDA 13.
+requirement=${ONNXRUNTIME_GPU:-$("$python" "$here/gpu_check.py" requirement)}
 stamp="$venv/.zeroserve-gpu-check"
 want="$requirement $root $(sha256sum "$root/pyproject.toml" | cut -c1-16)"
 if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
