@@ -9,7 +9,12 @@ For each model it
   3. measures p50 latency (one request at a time, batch 1) and throughput (--concurrency clients) through
      the runtime, and the same for a raw onnxruntime-gpu session in this process;
   4. measures p50 latency at each of --batches, through the runtime and raw: a GPU earns its keep on
-     batches, so batch 1 alone would understate it against a CPU.
+     batches, so batch 1 alone would understate it against a CPU;
+  5. with --batching N, restarts the runtime with adaptive batching (--max-batch-size N, each run padded
+     to N rows on CUDA) under each of --searches (cuDNN's conv algorithm search), checks one answer
+     against CPU, and counts batch-1 inferences per second from --batching-clients client processes
+     against it, over two spans, and against the unbatched runtime: what batching gives back of the GPU
+     when each request costs the runtime's HTTP path more than the inference.
 
     python bench/gpu_check.py preflight [options]    argument checks and the GPU probe only (stdlib)
     python bench/gpu_check.py requirement            the onnxruntime-gpu requirement the GPU image installs
@@ -95,11 +100,36 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--batches",
         type=batch_sizes,
-        default=(1, 8, 32),
-        help="batch sizes for the p50 at each batch, comma-separated (default 1,8,32)",
+        default=(1, 8, 16, 32),
+        help="batch sizes for the p50 at each batch, comma-separated (default 1,8,16,32)",
     )
     p.add_argument(
         "--batch-seconds", type=float, default=2, help="length of each batch's p50 measurement (default 2)"
+    )
+    p.add_argument(
+        "--batching",
+        type=int,
+        default=16,
+        help="the runtime's --max-batch-size for the batching throughput; 1 skips it (default 16)",
+    )
+    p.add_argument(
+        "--batching-clients",
+        type=int,
+        default=32,
+        help="client processes for the batching throughput, one request in flight each (default 32)",
+    )
+    p.add_argument(
+        "--batching-delay-ms",
+        type=float,
+        default=2.0,
+        help="the runtime's --max-queue-delay-ms when batching (default 2)",
+    )
+    p.add_argument(
+        "--searches",
+        type=searches,
+        default=("EXHAUSTIVE", "HEURISTIC"),
+        help="the runtime's --cudnn-conv-algo-search values to batch with, comma-separated (default "
+        "EXHAUSTIVE,HEURISTIC)",
     )
     p.add_argument("--out", type=Path, help="also write the figures here, as JSON")
     p.add_argument(
@@ -113,6 +143,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be above 0, not {getattr(args, name)}")
     if not 1 <= args.concurrency <= 256:
         p.error(f"--concurrency must be 1 to 256, not {args.concurrency}")
+    if not 1 <= args.batching <= 256:
+        p.error(f"--batching must be 1 to 256, not {args.batching}")
+    if not 1 <= args.batching_clients <= 256:
+        p.error(f"--batching-clients must be 1 to 256, not {args.batching_clients}")
+    if args.batching_delay_ms < 0:
+        p.error(f"--batching-delay-ms must be 0 or more, not {args.batching_delay_ms}")
     return args
 
 
@@ -126,6 +162,16 @@ def batch_sizes(text: str) -> tuple[int, ...]:
     if not sizes or not all(1 <= size <= 256 for size in sizes):
         raise argparse.ArgumentTypeError(f"must be batch sizes 1 to 256, comma-separated, not {text!r}")
     return sizes
+
+
+def searches(text: str) -> tuple[str, ...]:
+    """--searches: cuDNN's conv algorithm searches, as the runtime names them."""
+    names = tuple(part.strip().upper() for part in text.split(","))
+    if not names or not all(n in ("EXHAUSTIVE", "HEURISTIC", "DEFAULT") for n in names):
+        raise argparse.ArgumentTypeError(
+            f"must be EXHAUSTIVE, HEURISTIC or DEFAULT, comma-separated, not {text!r}"
+        )
+    return names
 
 
 def check_models(folder: Path) -> None:
@@ -179,7 +225,9 @@ def free_port() -> int:
 class Runtime:
     """`zeroserve serve --device gpu` on a loopback port, its log in a file."""
 
-    def __init__(self, zeroserve: Path, model: Path, name: str, log: Path, cache: Path) -> None:
+    def __init__(
+        self, zeroserve: Path, model: Path, name: str, log: Path, cache: Path, extra: tuple[str, ...] = ()
+    ) -> None:
         self.name, self.port, self.log = name, free_port(), log
         argv = [
             str(zeroserve),
@@ -191,6 +239,7 @@ class Runtime:
             f"--http-port={self.port}",
             "--grpc-port=0",
             f"--cache-dir={cache}",
+            *extra,
         ]
         with log.open("wb") as out:
             self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
@@ -326,6 +375,45 @@ def measure(call_factory: Any, seconds: float, concurrency: int) -> Figures:
     return Figures(p50, sum(counts) / elapsed, sum(counts))
 
 
+def _client_process(
+    port: int, path: str, body: bytes, headers: dict[str, str], start_at: float, stop_at: float
+) -> int:
+    """One client process: one kept-alive connection, one request in flight, from start_at to stop_at
+    (wall clock, shared by every process); the answers it got."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    count = 0
+    time.sleep(max(0.0, start_at - time.time()))
+    while time.time() < stop_at:
+        conn.request("POST", path, body, headers)
+        r = conn.getresponse()
+        r.read()
+        if r.status != 200:
+            raise AssertionError(f"infer answered {r.status}")
+        count += 1
+    return count
+
+
+def per_second_from_processes(
+    runtime: Runtime, body: bytes, headers: dict[str, str], clients: int, seconds: float
+) -> float:
+    """Answers per second from `clients` processes at once: threads of one Python client would share a
+    GIL and count the client's limit, not the runtime's. Spawned, not forked, from a process holding a
+    CUDA context."""
+    import multiprocessing
+
+    path = f"/v2/models/{runtime.name}/infer"
+    with multiprocessing.get_context("spawn").Pool(clients) as pool:
+        start_at = time.time() + 2 + clients * 0.05  # every process started and connected first
+        stop_at = start_at + seconds
+        runs = [
+            pool.apply_async(_client_process, (runtime.port, path, body, headers, start_at, stop_at))
+            for _ in range(clients)
+        ]
+        return sum(r.get(timeout=seconds + 120) for r in runs) / seconds
+
+
 def close_enough(name: str, got: Any, want: Any, args: argparse.Namespace) -> list[str]:
     import numpy as np
 
@@ -399,6 +487,10 @@ def check_model(
             served_ms = p50_ms(partial(client.infer, batch_body, batch_headers), args.batch_seconds, 5)
             raw_ms = p50_ms(partial(raw.run, names, feeds), args.batch_seconds, 5)
             batches.append({"batch": size, "runtime_p50_ms": served_ms, "raw_p50_ms": raw_ms})
+        if args.batching > 1:
+            unbatched = per_second_from_processes(
+                runtime, one_body, one_headers, args.batching_clients, args.seconds
+            )
     finally:
         runtime.stop()
     figures = {
@@ -407,6 +499,56 @@ def check_model(
         "raw_onnxruntime_gpu": raw_figures.__dict__,
         "batches": batches,
     }
+    if args.batching > 1:
+        want_one = dict(zip(names, cpu.run(names, one), strict=True))
+        raw_at = next((b["raw_p50_ms"] for b in batches if b["batch"] == args.batching), None)
+        figures["batching"] = {
+            "max_batch_size": args.batching,
+            "max_queue_delay_ms": args.batching_delay_ms,
+            "clients": args.batching_clients,
+            "unbatched_per_second": unbatched,
+            # Raw onnxruntime-gpu at that batch size, one batch at a time: what the GPU alone allows.
+            "raw_per_second_at_batch": args.batching * 1000 / raw_at if raw_at else None,
+            "searches": {},
+        }
+        for search in args.searches:
+            batching = Runtime(
+                args.zeroserve,
+                path,
+                case.name,
+                logs / f"{case.name}-batching-{search.lower()}.log",
+                cache,
+                (
+                    f"--max-batch-size={args.batching}",
+                    f"--max-queue-delay-ms={args.batching_delay_ms:g}",
+                    f"--cudnn-conv-algo-search={search}",
+                ),
+            )
+            try:
+                batching.wait_ready()
+                client = Client(batching)
+                served = client.infer(one_body, one_headers)
+                for name in names:
+                    failures += close_enough(
+                        f"{case.name} batching runtime ({search}) {name}", served[name], want_one[name], args
+                    )
+                alone_ms = p50_ms(partial(client.infer, one_body, one_headers), args.batch_seconds, 5)
+                # Twice: the first span meets each batch size's first run, the second what follows.
+                first, then = (
+                    per_second_from_processes(
+                        batching, one_body, one_headers, args.batching_clients, args.seconds
+                    )
+                    for _ in range(2)
+                )
+            finally:
+                batching.stop()
+            warmup = re.search(r"warmup ([0-9.]+)s", batching.log.read_text(errors="replace"))
+            figures["batching"]["searches"][search] = {
+                "warmup_s": float(warmup[1]) if warmup else None,
+                "batch1_p50_ms": alone_ms,
+                "first_per_second": first,
+                "then_per_second": then,
+            }
     return figures, failures
 
 
@@ -465,6 +607,22 @@ def print_figures(name: str, figures: dict[str, Any]) -> None:
             f"inferences/s), {raw_ms:.2f} ms raw ({size * 1000 / raw_ms:.0f}/s)",
             flush=True,
         )
+    if batching := figures.get("batching"):
+        size, raw_at = batching["max_batch_size"], batching["raw_per_second_at_batch"]
+        print(
+            f"{name}: {batching['clients']} client processes at batch 1: "
+            f"{batching['unbatched_per_second']:.0f}/s unbatched"
+            + (f"; raw at batch {size}: {raw_at:.0f}/s" if raw_at else ""),
+            flush=True,
+        )
+        for search, got in batching["searches"].items():
+            warmup = "-" if got["warmup_s"] is None else f"{got['warmup_s']:.2f} s"
+            print(
+                f"{name}: --max-batch-size {size} --cudnn-conv-algo-search {search}: warm-up {warmup}, "
+                f"alone p50 {got['batch1_p50_ms']:.2f} ms, {got['first_per_second']:.0f}/s in the first "
+                f"span, {got['then_per_second']:.0f}/s in the second",
+                flush=True,
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@
 #      on CUDAExecutionProvider and answer as a CPU session does, within tolerance; p50 and throughput
 #      through the runtime beside raw onnxruntime-gpu, in the same run.
 #
-#   bench/gpu_check.sh [--models DIR] [--seconds 10] [--concurrency 8] [--batches 1,8,32]
+#   bench/gpu_check.sh [--models DIR] [--seconds 10] [--concurrency 8] [--batches 1,8,16,32] [--batching 16]
 #                      [--out figures.json] [--keep LOG_DIR]
 #   ZEROSERVE_GPU_VENV=...   where the venv goes (default: ~/.cache/zeroserve/venv-gpu; reused when current)
 #   PYTHON=...               the python 3.11+ that builds it (default: python3)

@@ -73,6 +73,13 @@ def test_missing_models_are_named_before_the_gpu_is_looked_for(no_gpu_path: str,
         (["--batches", "1,0"], "--batches: must be batch sizes 1 to 256, comma-separated, not '1,0'"),
         (["--batches", "8,many"], "--batches: must be batch sizes 1 to 256, comma-separated, not '8,many'"),
         (["--batch-seconds", "0"], "--batch-seconds must be above 0"),
+        (["--batching", "0"], "--batching must be 1 to 256"),
+        (["--batching-clients", "300"], "--batching-clients must be 1 to 256"),
+        (["--batching-delay-ms", "-1"], "--batching-delay-ms must be 0 or more"),
+        (
+            ["--searches", "FAST"],
+            "--searches: must be EXHAUSTIVE, HEURISTIC or DEFAULT, comma-separated, not 'FAST'",
+        ),
         (["--frobnicate"], "unrecognized arguments: --frobnicate"),
     ],
 )

@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from runtimeproc import RuntimeProcess, lookup_model, shared_model
+from runtimeproc import RuntimeProcess, linear_model, lookup_model, shared_model
 from tritonclient.utils import InferenceServerException
 
 
@@ -446,6 +446,48 @@ def test_concurrent_requests_are_batched_and_each_gets_its_rows(
         total = float(re.search(r'^zeroserve_batch_size_sum\{model="linear"\} (\S+)', text, re.M)[1])
         assert total == 24  # every request in exactly one batch
         assert count < total, f"no request was merged: {count} batches for {total} requests"
+
+
+def test_padded_batches_run_at_one_shape_and_each_caller_gets_its_rows(models, tmp_path: Path) -> None:
+    """--batch-padding on (auto turns it on for CUDA only): every run has --max-batch-size rows, zero rows
+    making up the difference, and nobody gets a padding row back."""
+    settings = {"max_batch_size": 8, "max_queue_delay_ms": 30, "batch_padding": "on"}
+    with RuntimeProcess(models["linear"], tmp_path / "log", name="linear", **settings) as proc:
+        assert "batching up to 8, padded to 8" in proc.log()
+        rows = [np.full((1, 4), i, dtype=np.float32) for i in range(13)]
+        expected = raw(models["linear"], {"x": np.concatenate(rows)})["y"]
+        with concurrent.futures.ThreadPoolExecutor(13) as pool:
+            results = list(pool.map(lambda r: http_infer(proc, {"x": r}, True).as_numpy("y"), rows))
+        for i, got in enumerate(results):
+            assert got.shape == (1, 3)
+            np.testing.assert_allclose(got, expected[i : i + 1], rtol=1e-6)
+        lone = http_infer(proc, {"x": rows[5]}, True).as_numpy("y")  # a run of its own, padded too
+        np.testing.assert_allclose(lone, expected[5:6], rtol=1e-6)
+        text = proc.metrics()
+        runs = float(re.search(r'^zeroserve_batch_size_count\{model="linear"\} (\S+)', text, re.M)[1])
+        padded = float(
+            re.search(r'^zeroserve_batch_padding_rows_total\{model="linear"\} (\S+)', text, re.M)[1]
+        )
+        # 14 requests of one row each in `runs` runs of 8 rows: the rest of every run was padding.
+        assert padded == 8 * runs - 14, (runs, padded)
+
+
+def test_batch_padding_is_for_the_gpu_unless_asked(models, tmp_path: Path) -> None:
+    from zeroserve_runtime.model import OnnxModel, padded_rows
+    from zeroserve_runtime.settings import RuntimeSettings
+
+    model = OnnxModel("linear", models["linear"], threads=1)  # on the CPU provider
+    fixed = OnnxModel("fixed", linear_model(tmp_path / "fixed.onnx", batch=2), threads=1)
+
+    def rows(m: OnnxModel, **over: object) -> int:
+        return padded_rows(RuntimeSettings(model_uri="x", **over), m)
+
+    assert rows(model, max_batch_size=8) == 0  # auto, on CPU
+    assert rows(model, max_batch_size=8, batch_padding="on") == 8
+    assert rows(model, max_batch_size=1, batch_padding="on") == 0  # no batching, nothing to pad
+    assert rows(fixed, max_batch_size=8, batch_padding="on") == 0  # a fixed batch dimension cannot batch
+    model.provider = "CUDAExecutionProvider"  # what auto looks at: the provider the session runs on
+    assert rows(model, max_batch_size=8) == 8 and rows(model, max_batch_size=8, batch_padding="off") == 0
 
 
 def test_a_bad_request_in_a_batch_fails_alone(tmp_path: Path) -> None:

@@ -65,6 +65,13 @@ class RuntimeMetrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.padding_rows = Counter(
+            "zeroserve_batch_padding_rows_total",
+            "Zero rows added to runs so that every batch has --max-batch-size rows (--batch-padding): the "
+            "compute spent to keep the session at one shape.",
+            ["model"],
+            registry=r,
+        )
         self.inflight = Gauge(
             "zeroserve_inflight_requests",
             "Admitted inference requests, running or queued.",

@@ -84,9 +84,20 @@ def execution_providers(device: str, allow_cpu_fallback: bool = False) -> list[s
     )
 
 
+def provider_options(providers: list[str], cudnn_conv_algo_search: str) -> list[dict[str, str]]:
+    """Each provider's options, in the providers' order: the CUDA provider's conv algorithm search."""
+    return [{"cudnn_conv_algo_search": cudnn_conv_algo_search} if p == CUDA else {} for p in providers]
+
+
 class OnnxModel:
     def __init__(
-        self, name: str, path: Path, threads: int, device: str = "cpu", allow_cpu_fallback: bool = False
+        self,
+        name: str,
+        path: Path,
+        threads: int,
+        device: str = "cpu",
+        allow_cpu_fallback: bool = False,
+        cudnn_conv_algo_search: str = "EXHAUSTIVE",
     ) -> None:
         self.name = name
         options = ort.SessionOptions()
@@ -100,7 +111,12 @@ class OnnxModel:
             # (the GPU image's) only once they are loaded: nothing puts them on the loader's path.
             ort.preload_dlls()
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            self.session = ort.InferenceSession(
+                str(path),
+                options,
+                providers=providers,
+                provider_options=provider_options(providers, cudnn_conv_algo_search),
+            )
         except Exception as e:  # onnxruntime raises its own untyped errors for bad files
             raise ModelLoadError(f"onnxruntime cannot load {path}: {e}") from e
         used = self.session.get_providers()[0]
@@ -114,7 +130,8 @@ class OnnxModel:
                     f"above) and the session would run on {used}: {FALLBACK_HINT}"
                 )
             log.warning("--device gpu: %s did not start; serving on %s as allowed", CUDA, used)
-        log.info("model %s: execution provider %s, %d intra-op threads", name, used, threads)
+        search = f", cuDNN conv algorithm search {cudnn_conv_algo_search}" if used == CUDA else ""
+        log.info("model %s: execution provider %s, %d intra-op threads%s", name, used, threads, search)
         self.provider = used
         self.inputs = [_spec(i) for i in self.session.get_inputs()]
         self.outputs = [_spec(o) for o in self.session.get_outputs()]
@@ -136,10 +153,14 @@ class OnnxModel:
             # range for a Gather, a dimension a Reshape cannot take, ...
             raise InvalidInput(f"the model cannot run on this input: {e}") from None
 
-    def warmup(self) -> None:
-        """One inference on zeros (dynamic dimensions as 1), so the first request pays no lazy setup."""
+    def warmup(self, rows: int = 1) -> None:
+        """One inference on zeros (the batch dimension `rows`, other dynamic ones 1), so the first request
+        pays no lazy setup: at the shape the runs will have, since a provider may plan per shape."""
         feeds = {
-            s.name: np.zeros([d if d >= 0 else 1 for d in s.shape], dtype=DATATYPES[s.datatype])
+            s.name: np.zeros(
+                [d if d >= 0 else (rows if i == 0 and self.batchable else 1) for i, d in enumerate(s.shape)],
+                dtype=DATATYPES[s.datatype],
+            )
             for s in self.inputs
         }
         self.run(feeds)
@@ -189,6 +210,15 @@ class OnnxModel:
         }
 
 
+def padded_rows(settings: RuntimeSettings, model: OnnxModel) -> int:
+    """The batch size every batched run is padded to, or 0 for none (see --batch-padding)."""
+    if settings.max_batch_size <= 1 or not model.batchable or settings.batch_padding == "off":
+        return 0
+    if settings.batch_padding == "auto" and model.provider != CUDA:
+        return 0
+    return settings.max_batch_size
+
+
 def load_model(
     settings: RuntimeSettings,
     marks: dict[str, float] | None = None,
@@ -210,9 +240,10 @@ def load_model(
         settings.intra_op_threads(),
         settings.device,
         settings.allow_cpu_fallback,
+        settings.cudnn_conv_algo_search,
     )
     loaded = time.time()
-    model.warmup()
+    model.warmup(padded_rows(settings, model) or 1)
     if marks is not None:
         marks.update(fetch=fetched - begun, load=loaded - fetched, warmup=time.time() - loaded)
     return model

@@ -21,6 +21,7 @@ from zeroserve_runtime.coldstart import ModelLoader
 from zeroserve_runtime.dataplane import DataPlane
 from zeroserve_runtime.errors import ModelLoadError
 from zeroserve_runtime.metrics import RuntimeMetrics
+from zeroserve_runtime.model import padded_rows
 from zeroserve_runtime.rest import RestApp
 from zeroserve_runtime.settings import RuntimeSettings
 
@@ -115,7 +116,12 @@ class Runtime:
         self.metrics.execution_provider.labels(name, model.provider).set(1)
 
         self.batcher = Batcher(
-            model, s.max_batch_size, s.max_queue_delay_ms / 1000, self.metrics, s.parallel_inferences
+            model,
+            s.max_batch_size,
+            s.max_queue_delay_ms / 1000,
+            self.metrics,
+            s.parallel_inferences,
+            pad_to=padded_rows(s, model),
         )
         self.batcher.start()
         phases = loader.phases(imported_at, time.time())
@@ -138,7 +144,8 @@ class Runtime:
             s.http_port,
             f", gRPC :{s.grpc_port}" if s.grpc_port else "",
             s.parallel_inferences,
-            f"up to {self.batcher.max_batch_size}" if self.batcher.max_batch_size > 1 else "off",
+            (f"up to {self.batcher.max_batch_size}" if self.batcher.max_batch_size > 1 else "off")
+            + (f", padded to {self.batcher.pad_to}" if self.batcher.pad_to else ""),
             self.admission.byte_limit >> 20,
         )
 
