@@ -41,6 +41,9 @@ LEFT_TO_THE_RUNTIME = {
     "max_inflight_bytes": "a quarter of the container's memory limit (resources.memory), from its cgroup",
     "log_level": "no ModelService field; spec.env can set ZEROSERVE_LOG_LEVEL",
     "drain_delay_seconds": "no ModelService field; the runtime's 1 s lame duck suits Services and Knative",
+    "batch_padding": "auto pads on the CUDA provider, where a GPU replica runs; spec.env can set "
+    "ZEROSERVE_BATCH_PADDING",
+    "cudnn_conv_algo_search": "onnxruntime's default; spec.env can set ZEROSERVE_CUDNN_CONV_ALGO_SEARCH",
 }
 
 
