@@ -755,7 +755,8 @@ def test_sigterm_under_load_loses_no_accepted_request(tmp_path: Path) -> None:
         "token_type_ids": np.zeros((4, 128), dtype=np.int64),
     }
     body, headers = _binary_request(feeds)
-    proc = RuntimeProcess(model, tmp_path / "log", name="minilm").start()
+    # The lame duck lasts while requests keep coming, up to half the grace: 4 s here.
+    proc = RuntimeProcess(model, tmp_path / "log", name="minilm", shutdown_grace_seconds=8).start()
     url = f"{proc.url}/v2/models/minilm/infer"
     results: list[tuple[float, float, object]] = []  # (sent, answered, status or exception)
     lock = threading.Lock()
@@ -792,7 +793,21 @@ def test_sigterm_under_load_loses_no_accepted_request(tmp_path: Path) -> None:
     assert any(sent < sigterm < done for sent, done, _ in answered), "no request was in flight at SIGTERM"
     # What failed was refused at the door after SIGTERM, never cut off mid-request.
     assert all(sent >= sigterm - 0.05 for sent, _, _ in failed), failed
+    # Requests kept coming, so the server kept taking them past the 1 s drain delay, until the cap.
+    assert max(sent for sent, _, _ in answered) > sigterm + 2.5, "the lame duck ended while requests came"
     assert "shutting down" in proc.log()
+
+
+def test_sigterm_with_no_requests_coming_stops_listening_after_the_drain_delay(tmp_path: Path) -> None:
+    import time
+
+    proc = RuntimeProcess(shared_model("minilm-l6.onnx"), tmp_path / "log", name="minilm").start()
+    sigterm = time.monotonic()
+    proc.terminate()
+    code = proc.process.wait(timeout=30)  # type: ignore[union-attr]
+    assert code == 0, proc.tail()
+    # The drain delay (1 s) with no request in it, then out: not the lame duck's cap of half the grace.
+    assert time.monotonic() - sigterm < 5
 
 
 def test_bad_settings_are_named_with_flag_and_variable() -> None:

@@ -187,7 +187,8 @@ def test_deleting_a_pod_under_load_drains_every_accepted_request(
 ) -> None:
     # Kube-proxy takes a moment (its sync period is 1 s) to stop sending new connections to a pod that
     # is going away: the runtime's lame duck must outlast it, or a connection lands on a closed port.
-    # Late in a full CI run the node is loaded and 3 s fell short twice (connections reset mid-body).
+    # Late in a full CI run the node is loaded: a fixed 3 s, then 6 s, fell short (connections reset
+    # mid-body). The lame duck now lasts until no request has come for the drain delay.
     lame_duck = [{"name": "ZEROSERVE_DRAIN_DELAY_SECONDS", "value": "6"}]
     body = modelservice(
         "drain", ns, f"{model_url}/{MODEL.name}", model={"sha256": sha256_of(MODEL)}, env=lame_duck

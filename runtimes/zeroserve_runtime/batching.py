@@ -70,6 +70,7 @@ class Admission:
         self._idle = asyncio.Event()
         self._idle.set()
         self._freed = asyncio.Event()
+        self.last_taken = time.monotonic()  # when the last request was admitted
 
     def _fits(self, nbytes: int, held: int) -> bool:
         return held == 0 or held + nbytes <= self.byte_limit
@@ -129,6 +130,7 @@ class Admission:
             self._freed.set()
 
     def _take(self, nbytes: int) -> None:
+        self.last_taken = time.monotonic()
         self.count += 1
         self.bytes += nbytes
         self._idle.clear()

@@ -157,10 +157,21 @@ class Runtime:
         self.dataplane.draining = True
         # A lame duck: not ready, still accepting. Connections a Service or proxy sends before it has
         # heard of the shutdown are served, instead of meeting a closed port or being reset in the
-        # listen backlog when it closes.
-        await asyncio.sleep(self.settings.drain_delay_seconds)
-        log.info("shutting down: finishing %d request(s) in flight", self.admission.count)
+        # listen backlog when it closes. It lasts until no request has come for the drain delay, as
+        # Knative's queue-proxy drains: on a loaded node kube-proxy took over 3 s to stop routing here,
+        # and a fixed delay closed the port on requests still arriving. At most half the shutdown grace,
+        # leaving the rest for what is in flight.
         grace = self.settings.shutdown_grace_seconds
+        quiet = self.settings.drain_delay_seconds
+        until = time.monotonic() + max(quiet, grace / 2)
+        await asyncio.sleep(quiet)
+        while True:
+            now = time.monotonic()
+            idle = now - self.admission.last_taken
+            if idle >= quiet or now >= until:
+                break
+            await asyncio.sleep(min(quiet - idle, until - now))
+        log.info("shutting down: finishing %d request(s) in flight", self.admission.count)
         await self._stop_listening(http_task, grace)
         # Only now: a request still uploading its body when SIGTERM came has been answered too.
         await self.admission.wait_idle(grace)

@@ -201,8 +201,9 @@ class RuntimeSettings(ModelSourceSettings):
         default=1,
         ge=0,
         le=60,
-        description="After SIGTERM, how long the server reports not ready but keeps accepting, before it "
-        "stops listening: the time Services and proxies take to stop sending it new connections.",
+        description="After SIGTERM, the server reports not ready but keeps accepting until no request has "
+        "come for this long (at most half --shutdown-grace-seconds), before it stops listening: the time "
+        "Services and proxies take to stop sending it new connections.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
 
