@@ -215,15 +215,11 @@ class Profile:
 
     # -- service times for any vCPU, from the measured points --------------------------------------
 
-    @property
-    def others_cpus(self) -> float:
-        """The most CPUs other processes took while a point was timed."""
-        return max((p.others_cpus for p in self.points), default=0.0)
-
     def busy_warning(self) -> str | None:
-        if self.others_cpus <= BUSY_CPUS:
+        """What the point whose timing other processes took the most CPUs from says, when over BUSY_CPUS."""
+        worst = max(self.points, key=lambda p: p.others_cpus, default=None)
+        if worst is None or worst.others_cpus <= BUSY_CPUS:
             return None
-        worst = max(self.points, key=lambda p: p.others_cpus)
         return (
             f"other processes used {worst.others_cpus:.2f} CPUs while the profile timed {worst.vcpu:g} vCPU: "
             "its service times may be slow and their tail heavy. Profile on a quieter machine (delete "
