@@ -215,6 +215,23 @@ def test_a_start_whose_waiting_clients_all_gave_up_is_no_cold_start_a_bench_can_
     assert both.cold_starts == 1 and both.starts == 2
 
 
+def test_scale_to_zero_waits_for_the_autoscaler_to_have_been_active_a_stable_window() -> None:
+    # One request at 0, answered or given up on within 1 s: the stable window (6 s) is empty from 7 s.
+    # Knative's scaler goes to zero only once the PodAutoscaler has been active (a replica ready) for a
+    # stable window, and keeps a replica that is still starting: a start of `cold` seconds goes at the
+    # first tick (every 2 s) from cold + 6 s, not at 8 s as the empty window alone would have it.
+    kpa = KPA(target=10, stable_window_s=6, scale_to_zero_grace_s=6, tick_s=2)
+
+    def zero_at(cold: float) -> float:
+        sim = simulate_pool(np.array([0.0]), np.array([0.05]), cold, 0.0, 1, 120, 0, 10, kpa=kpa)
+        assert sim.starts == 1 and sim.ok[0] == (cold < 1)
+        return next(t for t, n in sim.replicas if n == 0 and t > 0)
+
+    assert zero_at(0.5) == 8  # ready at 0.5: active for a stable window by 6.5, the window empty at 8
+    assert zero_at(5.0) == 12  # ready at 5: active for 6 s at 11
+    assert zero_at(20.0) == 26  # starting until 20 (activating: kept), then active for 6 s
+
+
 def test_a_burst_beyond_the_room_waits_pending_and_only_the_room_serves() -> None:
     # 20 req/s of 200 ms for 60 s on room for 2: the KPA asks for 6 or more, the rest wait Pending.
     arr = Constant(rate=20, duration_s=60, seed=3, arrival="uniform").arrivals()

@@ -33,6 +33,9 @@ class SimResult:
     # so this, not `cold` (every request that waited), is what a measured run's cold-start count
     # compares with.
     cold_starts: float = 0
+    # The arrival time of each request counted in cold_starts, per run pooled here: where a measured
+    # run's cold starts differ, these say which bursts.
+    cold_start_at: list[list[float]] = field(default_factory=list)
     max_replicas: int = 0
     replica_seconds: float = 0.0  # Knative and always-on: replicas existing, starting and Pending included
     pending_s: float = 0.0  # Knative: the part of replica_seconds spent Pending, waiting for a node's room
@@ -82,6 +85,7 @@ def averaged(runs: list[SimResult]) -> SimResult:
         max(r.wall_s for r in runs),
         starts=mean(lambda r: r.starts),
         cold_starts=mean(lambda r: r.cold_starts),
+        cold_start_at=[at for r in runs for at in r.cold_start_at],
         max_replicas=max(r.max_replicas for r in runs),
         replica_seconds=mean(lambda r: r.replica_seconds),
         pending_s=mean(lambda r: r.pending_s),
@@ -314,7 +318,9 @@ def simulate_pool(
     for, until a stable window passes without crossing the threshold. When the stable average falls to
     zero the last replica goes once the retention period has passed and either the grace period has too
     or the activator has been in the path that long already (with the default target burst capacity it
-    never leaves it, so the grace period is no wait). A new
+    never leaves it, so the grace period is no wait). Before that, the PodAutoscaler must have been
+    active (a replica ready) for a stable window: until then it keeps one replica, and while the first
+    replica after zero is still starting it keeps them all. A new
     replica serves `cold_s` (pod start plus the runtime's measured cold start) after it gets a slot;
     requests routed to it wait for that.
 
@@ -408,9 +414,12 @@ def simulate_pool(
         elif got < inf:
             hand_over(got)
 
+    # Since when the PodAutoscaler has been active: a replica ready since the last time it was at zero or
+    # marked inactive (None: activating, or at zero). Warm replicas at the start have been for long.
+    active_since: float | None = -inf if min_scale else None
     panic_since: float | None = None  # the last tick over the panic threshold, while panicking
     max_panic = 0
-    cold_starts = 0
+    cold_at: list[float] = []
     zero_since: float | None = None
     tbc = kpa.target_burst_capacity if kpa else 0.0
     # Since when the activator has been in the path (Knative's SKS in proxy mode): it is while the
@@ -423,7 +432,7 @@ def simulate_pool(
     next_tick = kpa.tick_s + kpa.tick_phase_s if kpa else inf
 
     def tick(now: float) -> None:
-        nonlocal panic_since, max_panic, zero_since, proxy_since
+        nonlocal panic_since, max_panic, zero_since, proxy_since, active_since
         assert kpa is not None
         j = int(now)
         stable_n = max(1, int(kpa.stable_window_s))
@@ -450,11 +459,22 @@ def simulate_pool(
             proxy_since = None
         elif proxy_since is None:
             proxy_since = now
+        if active_since is None and ready:
+            # kpa.go computeActiveCondition: active once a replica is ready (the reconciler hears of it as it
+            # happens, not at a tick).
+            active_since = min(r for r in ready_at if r <= now)
         if stable > 0 or want > 0 or min_scale > 0:
+            if zero_since is not None and ready:
+                active_since = now  # marked inactive, then traffic again: active anew, its clock restarted
             zero_since = None
         if want == 0 and have > 0:
-            if stable > 0:
+            if stable > 0 or active_since is None:
+                # Activating (no replica ready yet): scaler.go keeps the scale as it is.
                 want = have
+            elif now - active_since < kpa.stable_window_s:
+                # scaler.go handleScaleToZero: not active for a stable window yet; "scale down to at most 1
+                # for the remainder of the idle period".
+                want = 1
             else:
                 # scaler.go handleScaleToZero: inactive for the retention period, and either inactive for
                 # the grace period or backed by the activator that long already. With the default TBC the
@@ -478,6 +498,8 @@ def simulate_pool(
             for k in sorted(sorted(range(have), key=rank)[: have - want], reverse=True):
                 remove(k, now)
             replicas.append((now, len(bu)))
+            if not bu:
+                active_since = None
 
     for i in range(n):
         t, s = t_list[i], s_list[i]
@@ -529,7 +551,7 @@ def simulate_pool(
             # after the replica was ready: it waited for the start.
             answered[k] = True
             if t <= ready_at[k] + cold_ready_age_s:
-                cold_starts += 1
+                cold_at.append(t)
         if kpa:
             # A client gives up at its timeout and the proxies stop counting the request then; it also
             # bounds the work per request when a configuration is overloaded.
@@ -549,7 +571,8 @@ def simulate_pool(
         cold_a,
         wall,
         starts=starts,
-        cold_starts=cold_starts,
+        cold_starts=len(cold_at),
+        cold_start_at=[cold_at],
         max_replicas=peak,
         replica_seconds=replica_seconds,
         pending_s=pending_s,
