@@ -67,10 +67,6 @@ def revision_template(ksvc: dict[str, Any]) -> dict[str, Any]:
     for field in KNATIVE_ONLY:
         template["spec"].pop(field, None)
     (container,) = template["spec"]["containers"]
-    # periodSeconds 0 means "probe aggressively" to Knative's queue-proxy; to kubelet it means the
-    # default 10 s. 1 s is the nearest kubelet can do.
-    if container["readinessProbe"].get("periodSeconds") == 0:
-        container["readinessProbe"]["periodSeconds"] = 1
     container["imagePullPolicy"] = "Never"
     return template
 
