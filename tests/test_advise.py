@@ -641,3 +641,43 @@ def test_bench_prices_a_scaled_target_from_its_recorded_replica_seconds() -> Non
         Target(
             name="x", kind="oip-rest", url="http://h", model="m", pricing={"model": "node", "replica_cpu": 1}
         )
+
+
+def test_a_knative_cold_start_miss_names_the_bursts_and_what_they_point_at() -> None:
+    from zeroserve.advise.validate import KnativeComparison, cold_bursts
+
+    arrivals = np.array([0.0, 1.0, 20.0, 21.0, 29.0, 45.0, 60.0])
+    measured = [0.0, 20.0, 60.0]
+
+    def miss(predicted: list[list[float]]) -> str:
+        mean = sum(map(len, predicted)) / len(predicted)
+        comparison = KnativeComparison(
+            knobs={},
+            predicted_cold=mean,
+            measured_cold=len(measured),
+            predicted_replica_seconds=100,
+            measured_replica_seconds=100,
+            predicted_p50_ms=10,
+            measured_p50_ms=10,
+            predicted_p99_ms=10,
+            measured_p99_ms=10,
+            cold_bursts=cold_bursts(measured, predicted, arrivals),
+        )
+        (line,) = comparison.misses()
+        return line
+
+    # The tick phases split on the burst after an 8 s quiet spell: the scale-to-zero edge.
+    edge = [[0.0, 20.0, 29.0, 60.0], [0.0, 20.0, 29.0, 60.0], [0.0, 20.0, 60.0], [0.0, 20.0, 29.0, 60.0]]
+    (burst,) = cold_bursts(measured, edge, arrivals)
+    assert (burst.at_s, burst.quiet_s, burst.measured, burst.predicted, burst.split) == (29, 8, 0, 0.75, True)
+    assert "differ at 1 burst, after quiet spells of 8 s, 1 with fewer measured" in miss(edge)
+    assert "scale-to-zero edge" in miss(edge)
+    # Every phase scales to zero before 29 s and 45 s, and the cluster still had a replica at both.
+    kept = [[0.0, 20.0, 29.0, 45.0, 60.0]] * 4
+    assert "after quiet spells of 8-16 s" in miss(kept)
+    assert "kept replicas through quiet spells the simulation takes to zero" in miss(kept)
+    # The cluster started cold where no phase did.
+    sooner = [[0.0, 60.0]] * 4
+    assert "went to zero sooner" in miss(sooner)
+    # Agreement within half a start per burst is no difference.
+    assert cold_bursts(measured, [measured] * 4, arrivals) == []

@@ -425,6 +425,68 @@ def validate_local(
 
 COLD_TOLERANCE = 0.10
 REPLICA_SECONDS_TOLERANCE = 0.20
+BURST_JOIN_S = 3.0  # cold starts this close together (measured or in any simulated run) are one burst's
+
+
+@dataclass
+class ColdBurst:
+    """A burst on which the measured run and the simulation disagree about cold starts."""
+
+    at_s: float  # the burst's first cold start, in the run's seconds
+    quiet_s: float  # how long no request had come before it
+    measured: int
+    predicted: float  # the mean over the simulated tick phases
+    split: bool  # the tick phases disagree among themselves too
+
+
+def cold_bursts(
+    measured_at: list[float], predicted_at: list[list[float]], arrivals: np.ndarray
+) -> list[ColdBurst]:
+    """The bursts where the measured cold starts and the simulated runs' mean differ by half a start or
+    more, each with the quiet spell before it: whether the misses sit at the scale-to-zero edge (quiet
+    spells just over the time to reach zero, which the autoscaler's tick phase decides) or not."""
+    events = sorted([*measured_at, *(t for run in predicted_at for t in run)])
+    groups: list[tuple[float, float]] = []
+    for t in events:
+        if groups and t - groups[-1][1] <= BURST_JOIN_S:
+            groups[-1] = (groups[-1][0], t)
+        else:
+            groups.append((t, t))
+    out = []
+    for lo, hi in groups:
+        m = sum(lo <= t <= hi for t in measured_at)
+        per_run = [sum(lo <= t <= hi for t in run) for run in predicted_at] or [0]
+        mean = sum(per_run) / len(per_run)
+        if abs(mean - m) < 0.5:
+            continue
+        before = arrivals[arrivals < lo - 1e-9]
+        quiet = float(lo - before[-1]) if before.size else math.inf
+        out.append(ColdBurst(lo, quiet, m, mean, min(per_run) != max(per_run)))
+    return out
+
+
+def _burst_summary(bursts: list[ColdBurst]) -> str:
+    """Which assumption the differing bursts point at."""
+    if not bursts:
+        return ""
+    split = [b for b in bursts if b.split]
+    finite = [b.quiet_s for b in bursts if math.isfinite(b.quiet_s)]
+    lo, hi = (f"{min(finite):.0f}", f"{max(finite):.0f}") if finite else ("", "")
+    spells = f"after quiet spells of {lo if lo == hi else f'{lo}-{hi}'} s" if finite else "at the start"
+    fewer = sum(b.measured < b.predicted for b in bursts)
+    n = len(bursts)
+    text = f"they differ at {n} burst{'s' if n > 1 else ''}, {spells}, {fewer} with fewer measured"
+    if len(split) * 2 >= len(bursts):
+        return (
+            f"{text}; the simulated tick phases split on {len(split)} of them too: the scale-to-zero edge, "
+            "where the autoscaler's tick phase decides and one run draws it once (a longer run narrows it)"
+        )
+    if fewer * 2 > len(bursts):
+        return (
+            f"{text}: the cluster kept replicas through quiet spells the simulation takes to zero "
+            "(stable_window_s, tick_s, or a replica Ready late: the autoscaler counts it active from then)"
+        )
+    return f"{text}: the cluster went to zero sooner than simulated, or starts failed"
 
 
 @dataclass
@@ -448,6 +510,7 @@ class KnativeComparison:
     capacity: int | None = None
     pod_start_s: float = 0.0  # what the simulation used
     pod_start_measured: bool = False  # on the cluster (measure_pod_start), not the assumption's default
+    cold_bursts: list[ColdBurst] | None = None  # where the measured and simulated cold starts differ
 
     def misses(self) -> list[str]:
         """What is outside the goals, with the assumption most likely behind it."""
@@ -469,10 +532,14 @@ class KnativeComparison:
                 f"replicas peaked at {self.measured_max_replicas}, {self.predicted_max_replicas} predicted"
             )
         if self.measured_cold and abs(self.predicted_cold / self.measured_cold - 1) > COLD_TOLERANCE:
+            where = _burst_summary(self.cold_bursts or [])
             out.append(
-                f"cold starts {self.predicted_cold:.1f} predicted, {self.measured_cold} measured: the "
-                "scale-to-zero timing (stable_window_s, scale_to_zero_grace_s, the cluster's "
-                "config-autoscaler) differs"
+                f"cold starts {self.predicted_cold:.1f} predicted, {self.measured_cold} measured: "
+                + (
+                    where
+                    or "the scale-to-zero timing (stable_window_s, scale_to_zero_grace_s, the cluster's "
+                    "config-autoscaler) differs"
+                )
             )
         elif not self.measured_cold and self.predicted_cold:
             out.append(f"cold starts {self.predicted_cold:.1f} predicted, none measured")
@@ -639,6 +706,10 @@ def validate_knative(
     except LoadgenError as e:
         raise ValidateError(f"knative: {e}") from None
     t = result.report.targets[0]
+    report = result.report
+    flags = report.cold_start_flags
+    measured_at = [s.scheduled_s for s, cold in zip(report.samples, flags, strict=True) if cold]
+    arrivals = np.asarray(workload.arrivals(), dtype=float)
     comparison = KnativeComparison(
         knobs=pick.knobs,
         predicted_cold=predicted.sim.cold_starts,
@@ -656,6 +727,7 @@ def validate_knative(
         capacity=spec.platforms.knative.capacity(pick.knobs["vcpu"]),
         pod_start_s=spec.platforms.knative.assumptions.pod_start_s,
         pod_start_measured=measured_start is not None,
+        cold_bursts=cold_bursts(measured_at, predicted.sim.cold_start_at, arrivals),
     )
     (out / "validate-knative.json").write_bytes(
         orjson.dumps({**asdict(comparison), "misses": comparison.misses()}, option=orjson.OPT_INDENT_2)
