@@ -460,6 +460,11 @@ def test_advise_profiles_simulates_and_recommends(
     (point, *_) = out["profile"]["points"]
     assert point["vcpu"] == 1.0 and set(point["runtime_cold_s"]) >= {"import", "load", "warmup", "total"}
     assert point["runtime_ms_p50"]["1"] > 0 and point["handler_init_s"] > 0
+    # The handler's cold start in the runtime's phases: the interpreter and imports, then the model's.
+    cold = point["handler_cold_s"]
+    assert set(cold) == {"import", "fetch", "load", "warmup", "total"}
+    assert cold["total"] == pytest.approx(point["handler_init_s"])
+    assert 0 < cold["import"] + cold["fetch"] + cold["load"] + cold["warmup"] <= cold["total"] * 1.01
     # Two parallel inferences were timed together and alone, on the runtime started with two.
     assert point["parallel_ms_p50"]["2"] > 0 and point["parallel_alone_ms_p50"]["2"] > 0
     cands = out["candidates"]

@@ -1,7 +1,8 @@
 """`python -m zeroserve.advise.probe SPEC.json`: the function handler's init and service time, measured
 in a process of its own (started inside the profile's CPU quota). It loads the model exactly as Lambda's
 init phase and the Cloud Function do (`functions.core.get_app`), then calls the handler in process.
-Prints one JSON line: init_s (process start to ready) and service_s per batch size."""
+Prints one JSON line: init_s (process start to ready), init_phases (import, fetch, load, warmup, total, as
+the runtime's cold-start metric has them) and service_s per batch size."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def main(spec_path: str) -> int:
                     break
             time.sleep(spec["gap_s"])
         service[batch] = times
-    print(json.dumps({"init_s": app.init_seconds, "service_s": service}))
+    print(json.dumps({"init_s": app.init_seconds, "init_phases": app.init_phases, "service_s": service}))
     return 0
 
 

@@ -187,6 +187,7 @@ class Point:
     parallel_s: dict[int, list[float]] = field(default_factory=dict)
     parallel_alone_s: dict[int, list[float]] = field(default_factory=dict)
     handler_init_s: float = 0.0
+    handler_cold: dict[str, float] = field(default_factory=dict)  # phase -> seconds, as runtime_cold
     limited: bool = True  # under a cgroup quota; False: unconstrained, scaled
     others_cpus: float = 0.0  # CPUs other processes used, on average, while this point was timed
 
@@ -482,7 +483,7 @@ def _probe_handler(
     max_s: float,
     workdir: Path,
     gap_s: float,
-) -> tuple[float, dict[int, list[float]]]:
+) -> tuple[float, dict[str, float], dict[int, list[float]]]:
     spec = {
         "bodies": {b: body.decode() for b, body in bodies.items()},
         "n": n,
@@ -498,7 +499,7 @@ def _probe_handler(
     if proc.returncode != 0:
         raise ProfileError(f"the function handler failed:\n{proc.stderr.decode(errors='replace')[-2000:]}")
     out = json.loads(proc.stdout.decode().strip().splitlines()[-1])
-    return out["init_s"], {int(b): v for b, v in out["service_s"].items()}
+    return out["init_s"], out["init_phases"], {int(b): v for b, v in out["service_s"].items()}
 
 
 def run_profile(
@@ -585,7 +586,7 @@ def run_profile(
                         )
                     done += per_parallel
                 if handler:
-                    point.handler_init_s, point.handler_s = _probe_handler(
+                    point.handler_init_s, point.handler_cold, point.handler_s = _probe_handler(
                         wrap,
                         env,
                         bodies,
@@ -655,3 +656,4 @@ def _scale_unlimited(point: Point) -> None:
             series[b] = [s * factor for s in series[b]]
     point.runtime_cold = {k: v * factor for k, v in point.runtime_cold.items()}
     point.handler_init_s *= factor
+    point.handler_cold = {k: v * factor for k, v in point.handler_cold.items()}

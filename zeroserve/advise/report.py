@@ -123,6 +123,7 @@ def to_dict(
                     "handler_ms_p50": {b: _median_ms(v) for b, v in p.handler_s.items()},
                     "runtime_cold_s": p.runtime_cold,
                     "handler_init_s": p.handler_init_s,
+                    "handler_cold_s": p.handler_cold,
                     # n parallel inferences: ms per request with n at once, and with one, back to back.
                     "parallel_ms_p50": {n: _median_ms(v) for n, v in p.parallel_s.items()},
                     "parallel_alone_ms_p50": {n: _median_ms(v) for n, v in p.parallel_alone_s.items()},

@@ -57,10 +57,15 @@ class FunctionApp:
         started_at = process_start_time() if started_at is None else started_at
         self.settings = settings
         self.name = settings.model_name
-        self.model = load_model(settings)
+        begun = time.time()
+        marks: dict[str, float] = {}
+        self.model = load_model(settings, marks)
         # Process start to ready: the platform's own share of the cold start (sandbox, interpreter
         # start, imports) included, as far as this process can see it.
         self.init_seconds = time.time() - started_at
+        # The server's cold-start phases: up to the load (the interpreter, the platform's runtime and the
+        # imports), then the model's fetch, load and warm-up.
+        self.init_phases = {"import": begun - started_at, **marks, "total": self.init_seconds}
         self.cold_start = ColdStart()
         self.cold_start.mark_ready(self.init_seconds)
         # One session.run at a time, as the server runs by default (one inference with every core's
@@ -69,10 +74,11 @@ class FunctionApp:
         # time, which the server's Server-Timing counts too.
         self._run_lock = threading.Lock()
         log.info(
-            "model %s from %s ready in %.3fs (%s, %d intra-op threads)",
+            "model %s from %s ready in %.3fs (%s; %s, %d intra-op threads)",
             self.name,
             redact(settings.model_uri),
             self.init_seconds,
+            ", ".join(f"{k} {v:.3f}s" for k, v in self.init_phases.items() if k != "total"),
             self.model.provider,
             settings.intra_op_threads(),
         )
