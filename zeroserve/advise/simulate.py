@@ -437,8 +437,10 @@ def simulate_pool(
         j = int(now)
         stable_n = max(1, int(kpa.stable_window_s))
         panic_n = max(1, int(kpa.stable_window_s * kpa.panic_window_percentage / 100))
-        stable = math.fsum(conc[max(0, j - stable_n) : j]) / stable_n
-        panic = math.fsum(conc[max(0, j - panic_n) : j]) / panic_n
+        # bucketing.go WindowAverage: the one-second buckets in (now - window, now], now truncated to the
+        # second, so the current, partly filled second counts and the one a whole window back does not.
+        stable = math.fsum(conc[max(0, j - stable_n + 1) : j + 1]) / stable_n
+        panic = math.fsum(conc[max(0, j - panic_n + 1) : j + 1]) / panic_n
         per = kpa.target * kpa.target_utilization
         want_stable, want_panic = math.ceil(stable / per - 1e-9), math.ceil(panic / per - 1e-9)
         have = len(bu)
