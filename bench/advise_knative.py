@@ -45,6 +45,21 @@ the simulated phases split too. With the probe every second and that rule simula
 
     0.5 vCPU, target 2      4     19.0 / 19   (+0%)         350 / 326   (+7%)    pod_start_s 0.70 (measured)
     0.5 vCPU, target 2      5     21.5 / 23   (-7%)         331 / 368   (-10%)   pod_start_s 0.94 (measured)
+    0.5 vCPU, target 2      1     21.2 / 24   (-12%)        316 / 290   (+9%)    pod_start_s 0.76 (measured)
+    0.5 vCPU, target 2      2     19.2 / 21   (-9%)         417 / 367   (+14%)   pod_start_s 0.90 (measured)
+
+Seed 1's miss pointed at zero reached sooner than simulated (two cold starts after 6.4 s quiet spells
+that no tick phase predicted): Knative's windows average the one-second buckets in (now - window, now],
+now truncated to the second (bucketing.go WindowAverage), not [now - window, now). With that simulated,
+the same measurements are predicted as (cold starts, replica-seconds):
+
+    seed 2 (first run above)   21.5 / 20  (+7%)    385 / 396  (-3%)
+    seed 3 (second, third)     19.8 / 20  (-1%)    377 / 349  (+8%);   20.2 / 20 (+1%)   371 / 371 (0%)
+    seed 4 (old probe)         19.8 / 17  (+16%)   330 / 375  (-12%)
+    seed 4 (probe every 1 s)   19.8 / 19  (+4%)    330 / 326  (+1%)
+    seed 5                     23.8 / 23  (+3%)    342 / 368  (-7%)
+    seed 1                     22.2 / 24  (-7%)    298 / 290  (+3%)
+    seed 2                     21.2 / 21  (+1%)    389 / 367  (+6%)
 
 Seed 5's p50, 13 ms predicted against 813 ms measured, sits on a knife edge: 49% of its requests waited
 over a second (bursts that came while draining replicas held the node's room), and the simulation has 42%
