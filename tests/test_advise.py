@@ -87,7 +87,8 @@ def test_lambda_with_provisioned_concurrency_at_the_peak_has_no_cold_start() -> 
     assert peak > 1
     on_demand = _lambda(arr, svc, 0)
     assert on_demand.cold.sum() >= peak  # every environment starts cold once
-    assert on_demand.init_s.sum() == pytest.approx(0.8 * on_demand.cold.sum())
+    # The whole INIT phase is billed: the platform's start (0.2 s) as well as the handler's init (0.8 s).
+    assert on_demand.init_s.sum() == pytest.approx(1.0 * on_demand.cold.sum())
     covered = _lambda(arr, svc, peak)
     assert covered.cold.sum() == 0 and covered.on_provisioned.all()
     short = _lambda(arr, svc, peak - 1)
@@ -308,12 +309,65 @@ def test_lambda_pricing_bills_duration_init_requests_and_provisioned_hold() -> N
     assert one == pytest.approx(0.011 * 2 * 0.0000133334 + 0.20 / 1e6)
 
 
-def test_self_hosted_replicas_are_priced_by_their_share_of_the_node() -> None:
+def _one_point_profile(**point: object) -> object:
+    from zeroserve.advise.profile import Point, Profile
+
+    return Profile("0" * 64, "m", [Point(vcpu=1.0, threads=1, **point)])
+
+
+def test_advise_bills_lambdas_whole_init_duration() -> None:
+    from zeroserve.advise.sweep import Sweep
+
+    # Two requests 100 s apart on a 1024 MB function: the first starts cold. Its Init Duration is the
+    # platform's 250 ms plus the handler's profiled 400 ms (at 1769 MB = 1 vCPU the profile's point; at
+    # 1024 MB the init scales as 1/vCPU: 0.4 x 1769 / 1024 s), and AWS bills all of it since 2025-08-01.
+    profile = _one_point_profile(handler_s={1: [0.1] * 10}, handler_init_s=0.4)
+    lam = {"memory_mb": [1024], "assumptions": {"init_overhead_ms": 250, "invoke_overhead_ms": 0}}
+    spec = parse(
+        {**BASE, "objectives": {"p99_ms": 5000}, "platforms": {"knative": {"enabled": False}, "lambda": lam}}
+    )
+    c = Sweep(spec, profile, np.array([0.0, 100.0]), 101).run(
+        "lambda", {"memory_mb": 1024, "provisioned_concurrency": 0}
+    )
+    vcpu = 1024 / 1769
+    init_s = 0.25 + 0.4 / vcpu
+    service_s = 0.1 / vcpu
+    billed_ms = math.ceil((init_s + service_s) * 1000) + math.ceil(service_s * 1000)
+    assert c.cost_usd == pytest.approx(billed_ms / 1000 * 1.0 * 0.0000166667 + 2 * 0.20 / 1e6)
+    assert c.p99_ms > init_s * 1000  # and the cold request waited for all of it
+    assert "Init Duration" in c.priced_as
+
+
+def test_self_hosted_replicas_are_priced_as_they_pack_on_the_node() -> None:
+    from zeroserve.advise.sweep import Sweep
+
     node = pricing.NODES["aws-c7i.xlarge"]
     assert node.vcpu == 4
-    # One 1-vCPU replica for an hour is a quarter of the node's hour; a fixed node adds its full price.
-    assert pricing.knative_cost("aws-c7i.xlarge", 1.0, 3600, 0, 3600) == pytest.approx(node.hourly_usd / 4)
-    assert pricing.knative_cost("aws-c7i.xlarge", 1.0, 0, 1, 3600) == pytest.approx(node.hourly_usd)
+    # Three 1-vCPU replicas fit a 4-vCPU node beside their 25m queue-proxies (3 x 1.025 <= 4 < 4 x 1.025),
+    # so one replica for an hour costs a third of the node's hour; a fixed node adds its full price.
+    assert pricing.knative_cost("aws-c7i.xlarge", 3, 3600, 0, 3600) == pytest.approx(node.hourly_usd / 3)
+    assert pricing.knative_cost("aws-c7i.xlarge", 3, 0, 1, 3600) == pytest.approx(node.hourly_usd)
+    # Through the sweep: a replica that is always there (min_scale 1, never more under a trickle) for 600 s,
+    # priced by the same packing rule that bounds the room, reserved CPU included.
+    profile = _one_point_profile(runtime_s={1: [0.01] * 10}, runtime_cold={"total": 0.5})
+    arr = np.arange(0.0, 600.0, 10.0)
+    knobs = {
+        "vcpu": 1.0,
+        "min_scale": 1,
+        "target": 1.0,
+        "container_concurrency": 0,
+        "max_batch_size": 1,
+        "scale_to_zero_retention_s": 0.0,
+    }
+    for free_vcpu, per_node in ((None, 3), (3.5, 3), (3.0, 2), (2.05, 2), (2.0, 1)):
+        knative = {"vcpu": [1.0], "min_scale": [1], "target": [1.0]}
+        if free_vcpu is not None:
+            knative["node_free_vcpu"] = free_vcpu
+        spec = parse({**BASE, "objectives": {"p99_ms": 5000}, "platforms": {"knative": knative}})
+        c = Sweep(spec, profile, arr, 600).run("knative", knobs)
+        assert c.max_replicas == 1 and c.replica_seconds == pytest.approx(600, rel=0.01)
+        assert c.cost_usd == pytest.approx(node.hourly_usd / per_node * c.replica_seconds / 3600), free_vcpu
+        assert c.priced_as.startswith(f"1/{per_node} of one aws-c7i.xlarge node"), c.priced_as
     assert pricing.always_on_cost("sagemaker-ml.c5.xlarge", 2, 1800) == pytest.approx(0.204)
     cr = pricing.cloud_run_cost(1.0, 2.0, busy_s=100, idle_min_instance_s=1000, requests=10)
     assert cr == pytest.approx(100 * (0.000024 + 2 * 0.0000025) + 1000 * (0.0000025 + 2 * 0.0000025) + 4e-6)

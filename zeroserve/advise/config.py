@@ -165,7 +165,9 @@ class KnativeAssumptions(_Strict):
     scale_to_zero_grace_s: float = Field(
         30, ge=0, description=f"scale-to-zero-grace-period: {KNATIVE_CONFIG}."
     )
-    max_scale_down_rate: float = Field(2.0, ge=1, description=f"{KNATIVE_CONFIG}.")
+    max_scale_down_rate: float = Field(
+        2.0, gt=1, description=f"{KNATIVE_CONFIG} (Knative refuses 1 or less: config.go validate)."
+    )
     target_burst_capacity: float = Field(
         200,
         ge=-1,
@@ -337,7 +339,10 @@ class LambdaAssumptions(_Strict):
         250,
         ge=0,
         description="Sandbox and runtime start before the handler module's own init (measured by the "
-        f"profile); {ESTIMATE} (CloudWatch's REPORT line: Init Duration minus the profile's init).",
+        f"profile); {ESTIMATE} (CloudWatch's REPORT line: Init Duration minus the profile's init). Part of "
+        "the INIT phase, so added to the cold request's latency and billed with the handler's init: AWS "
+        "bills on-demand functions' whole Init Duration since 2025-08-01 (AWS Compute Blog, 'AWS Lambda "
+        "standardizes billing for INIT Phase', 2025-04-29).",
     )
     invoke_overhead_ms: float = Field(
         10, ge=0, description=f"Function URL front end and invoke per request; {ESTIMATE}."

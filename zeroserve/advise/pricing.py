@@ -125,17 +125,31 @@ def cloud_run_cost(
     return active + idle + p.request_usd_per_million / 1e6 * requests
 
 
-def replica_second_usd(node: str, vcpu: float) -> float:
-    """A replica's share of its node by CPU: a node of 4 vCPUs at $h/hour holds four 1-vCPU replicas, so
-    each costs h/4 per hour while it exists. What scales to zero costs nothing while at zero."""
-    n = NODES[node]
-    return n.hourly_usd / 3600 * min(1.0, vcpu / n.vcpu)
+def replica_second_usd(node: str, per_node: int) -> float:
+    """A replica's share of its node as replicas pack: a node that fits `per_node` of them (Knative.per_node:
+    the node's free CPU over the replica's and its queue-proxy's requests) costs 1/per_node of its price
+    per replica while the replica exists. A 4-vCPU c7i.xlarge fits three 1-vCPU replicas beside their
+    queue-proxies, so each costs a third of its hour, not a quarter. What scales to zero costs nothing
+    while at zero."""
+    if per_node < 1:
+        raise ValueError(f"no replica fits a {node} node")
+    return NODES[node].hourly_usd / 3600 / per_node
 
 
-def knative_cost(node: str, vcpu: float, replica_seconds: float, fixed_nodes: int, wall_s: float) -> float:
+def knative_cost(node: str, per_node: int, replica_seconds: float, fixed_nodes: int, wall_s: float) -> float:
     return (
-        replica_seconds * replica_second_usd(node, vcpu)
+        replica_seconds * replica_second_usd(node, per_node)
         + fixed_nodes * NODES[node].hourly_usd * wall_s / 3600
+    )
+
+
+def knative_priced_as(
+    node: str, per_node: int, vcpu: float, queue_proxy_vcpu: float, free_vcpu: float
+) -> str:
+    """How a Knative candidate's cost was reached, for the report."""
+    return (
+        f"1/{per_node} of one {node} node (${NODES[node].hourly_usd:g}/h) per replica: {per_node} fit its "
+        f"{free_vcpu:g} free vCPU at {vcpu:g} + {queue_proxy_vcpu:g} (queue-proxy) each"
     )
 
 

@@ -81,6 +81,8 @@ def print_advice(advice: Advice, console: Any, top: int) -> None:
             f"{_money(w.monthly_usd)} a month at this load",
             highlight=False,
         )
+        if w.priced_as:
+            console.print(f"  priced as {escape(w.priced_as)}", highlight=False)
         for platform, c in advice.winners.items():
             if c is not None and c is not w:
                 console.print(
@@ -261,7 +263,9 @@ def _html(spec: AdviseFile, advice: Advice, data: dict[str, Any], top: int) -> s
     for name, text in advice.settings.items():
         parts.append(f"<h3>{esc(PLATFORM_NAMES[name])} settings</h3><pre>{esc(text)}</pre>")
     for platform, cands in advice.by_platform.items():
-        parts.append(f"<h2>{esc(PLATFORM_NAMES[platform])}</h2>{_table_html(cands[:top])}")
+        priced = "".join(f"<li>{esc(b)}</li>" for b in dict.fromkeys(c.priced_as for c in cands) if b)
+        priced = f"<p>Priced as:</p><ul>{priced}</ul>" if priced else ""
+        parts.append(f"<h2>{esc(PLATFORM_NAMES[platform])}</h2>{priced}{_table_html(cands[:top])}")
     parts.append("<h2>Assumptions (not measured) and their sources</h2><ul>")
     for name, fields in data["assumption_sources"].items():
         values = data["assumptions"].get(name, {})

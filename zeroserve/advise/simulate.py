@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from zeroserve.advise.kpa import KPA, Collector, Decider, Scaler
+
+__all__ = ["KPA", "SimResult", "averaged", "draw", "simulate_cloud_run", "simulate_lambda", "simulate_pool"]
+
 
 @dataclass
 class SimResult:
@@ -42,7 +46,7 @@ class SimResult:
     busy_s: float = 0.0  # Cloud Run: instance time with a request in it
     idle_min_s: float = 0.0  # Cloud Run: min instances' idle time
     billed_s: np.ndarray | None = None  # Lambda: per request duration
-    init_s: np.ndarray | None = None  # Lambda: billed INIT per request
+    init_s: np.ndarray | None = None  # Lambda: billed INIT (the whole Init Duration) per request
     on_provisioned: np.ndarray | None = None
     throttled: np.ndarray | None = None  # Lambda: refused at the concurrency limit, never invoked
     replicas: list[tuple[float, int]] = field(default_factory=list)  # (t, count) at each change
@@ -125,7 +129,11 @@ def simulate_lambda(
     """One request per execution environment. Provisioned environments (initialised before the run,
     never reclaimed) take a request first; otherwise the most recently freed warm environment, else a new
     one: a cold start of the platform's own start plus the handler's measured init. An environment idle
-    longer than `reclaim_s` is gone; beyond the concurrency limit a request is throttled (fails)."""
+    longer than `reclaim_s` is gone; beyond the concurrency limit a request is throttled (fails).
+
+    The cold start's whole INIT phase, `platform_init_s` and `init_s` together (CloudWatch's Init
+    Duration), is billed: AWS bills on-demand functions' INIT phase since 2025-08-01 ("AWS Lambda
+    standardizes billing for INIT Phase", AWS Compute Blog, 2025-04-29)."""
     n = len(arr)
     t_list, s_list = arr.tolist(), svc.tolist()
     comp = [0.0] * n
@@ -161,7 +169,7 @@ def simulate_lambda(
                 continue
             end = t + cold_total + s
             cold[i] = True
-            billed_init[i] = init_s
+            billed_init[i] = cold_total
             starts += 1
         push(busy, end)
         comp[i] = end
@@ -270,24 +278,6 @@ def simulate_cloud_run(
     )
 
 
-@dataclass
-class KPA:
-    """Knative's Pod Autoscaler, as in knative.dev/serving pkg/autoscaler (the parameters are the
-    config-autoscaler keys; their defaults and sources are in config.KnativeAssumptions)."""
-
-    target: float
-    target_utilization: float = 0.7
-    stable_window_s: float = 60.0
-    panic_window_percentage: float = 10.0
-    panic_threshold_percentage: float = 200.0
-    tick_s: float = 2.0
-    scale_to_zero_grace_s: float = 30.0
-    retention_s: float = 0.0
-    max_scale_down_rate: float = 2.0
-    target_burst_capacity: float = 200.0
-    tick_phase_s: float = 0.0  # when the first tick falls after the start, within tick_s
-
-
 def simulate_pool(
     arr: np.ndarray,
     svc: np.ndarray,
@@ -310,19 +300,11 @@ def simulate_pool(
     """Replicas behind a load balancer: Knative (with `kpa`) or always-on servers (`kpa` None, `min_scale`
     replicas for the whole run). Starts with `min_scale` warm replicas.
 
-    Knative: with no replica at all, the activator buffers the request and starts one at once; the KPA
-    ticks every `tick_s`, averaging in-flight requests (activator's and pods') over the stable window and
-    the panic window, and asks for ceil(average / (target x utilisation)) replicas, never fewer than the
-    ready replicas over max_scale_down_rate; it panics when the panic window asks for the panic threshold
-    times the ready replicas (at least one), and while in panic never asks for fewer than it has asked
-    for, until a stable window passes without crossing the threshold. When the stable average falls to
-    zero the last replica goes once the retention period has passed and either the grace period has too
-    or the activator has been in the path that long already (with the default target burst capacity it
-    never leaves it, so the grace period is no wait). Before that, the PodAutoscaler must have been
-    active (a replica ready) for a stable window: until then it keeps one replica, and while the first
-    replica after zero is still starting it keeps them all. A new
-    replica serves `cold_s` (pod start plus the runtime's measured cold start) after it gets a slot;
-    requests routed to it wait for that.
+    Knative: with no replica at all, the activator buffers the request and starts one at once; every
+    `tick_s` the KPA (zeroserve.advise.kpa: the collector's windows, the decider, the scaler) turns the
+    in-flight requests, the activator's and the pods', into a replica count, and this pool starts or
+    removes replicas to meet it. A new replica serves `cold_s` (pod start plus the runtime's measured cold
+    start) after it gets a slot; requests routed to it wait for that.
 
     Node capacity (`capacity`: how many replicas the nodes fit; None: as many as asked for): a replica
     beyond it waits Pending for a slot, and still counts as a replica, as the pods it stands for do. A
@@ -365,14 +347,7 @@ def simulate_pool(
     peak = min_scale
     replicas = [(0.0, min_scale)]
     horizon = int(wall_s + timeout_s + cold_s + drain_s) + 8
-    conc = [0.0] * horizon  # in-flight request-seconds per 1 s bucket
-
-    def add(a: float, b: float, weight: float = 1.0) -> None:
-        j = int(a)
-        while a < b and j < horizon:
-            edge = j + 1.0
-            conc[j] += ((edge if edge < b else b) - a) * weight
-            a, j = edge, j + 1
+    metrics = Collector(horizon, kpa) if kpa else None
 
     def give_slot(k: int, at: float) -> None:
         slot_at[k] = at
@@ -414,79 +389,20 @@ def simulate_pool(
         elif got < inf:
             hand_over(got)
 
-    # Since when the PodAutoscaler has been active: a replica ready since the last time it was at zero or
-    # marked inactive (None: activating, or at zero). Warm replicas at the start have been for long.
-    active_since: float | None = -inf if min_scale else None
-    panic_since: float | None = None  # the last tick over the panic threshold, while panicking
-    max_panic = 0
     cold_at: list[float] = []
-    zero_since: float | None = None
-    tbc = kpa.target_burst_capacity if kpa else 0.0
-    # Since when the activator has been in the path (Knative's SKS in proxy mode): it is while the
-    # service is at zero, and while the excess burst capacity, floor(ready x target - TBC - panic
-    # concurrency), is negative; with TBC -1 always. A service that starts at zero has been proxied for
-    # long.
-    proxy_since: float | None = None
-    if kpa and (tbc < 0 or min_scale == 0 or (tbc > 0 and math.floor(min_scale * kpa.target - tbc) < 0)):
-        proxy_since = -inf
+    decider = Decider(kpa) if kpa else None
+    scaler = Scaler(kpa, min_scale, max_scale) if kpa else None
     next_tick = kpa.tick_s + kpa.tick_phase_s if kpa else inf
 
     def tick(now: float) -> None:
-        nonlocal panic_since, max_panic, zero_since, proxy_since, active_since
-        assert kpa is not None
-        j = int(now)
-        stable_n = max(1, int(kpa.stable_window_s))
-        panic_n = max(1, int(kpa.stable_window_s * kpa.panic_window_percentage / 100))
-        # bucketing.go WindowAverage: the one-second buckets in (now - window, now], now truncated to the
-        # second, so the current, partly filled second counts and the one a whole window back does not.
-        stable = math.fsum(conc[max(0, j - stable_n + 1) : j + 1]) / stable_n
-        panic = math.fsum(conc[max(0, j - panic_n + 1) : j + 1]) / panic_n
-        per = kpa.target * kpa.target_utilization
-        want_stable, want_panic = math.ceil(stable / per - 1e-9), math.ceil(panic / per - 1e-9)
+        assert metrics is not None and decider is not None and scaler is not None
+        ready_times = [r for r in ready_at if r <= now]
+        first_ready = min(ready_times) if ready_times else None
+        stable, panic = metrics.observe(now, first_ready)
+        ready = len(ready_times)
+        want = decider.desired(now, stable, panic, ready)
         have = len(bu)
-        ready = sum(1 for r in ready_at if r <= now)
-        floor_down = math.floor(ready / kpa.max_scale_down_rate)
-        want = max(want_stable, floor_down)
-        # Knative's Scale(): readyPodsCount is at least 1, so buffered requests with nothing ready panic.
-        if want_panic / max(1, ready) >= kpa.panic_threshold_percentage / 100:
-            panic_since = now
-        elif panic_since is not None and now - panic_since > kpa.stable_window_s:
-            panic_since, max_panic = None, 0
-        if panic_since is not None:
-            max_panic = max(max_panic, want, want_panic)
-            want = max_panic
-        want = min(max_scale, max(min_scale, want))
-        in_path = tbc < 0 or want == 0 or (tbc > 0 and math.floor(ready * kpa.target - tbc - panic) < 0)
-        if not in_path:
-            proxy_since = None
-        elif proxy_since is None:
-            proxy_since = now
-        if active_since is None and ready:
-            # kpa.go computeActiveCondition: active once a replica is ready (the reconciler hears of it as it
-            # happens, not at a tick).
-            active_since = min(r for r in ready_at if r <= now)
-        if stable > 0 or want > 0 or min_scale > 0:
-            if zero_since is not None and ready:
-                active_since = now  # marked inactive, then traffic again: active anew, its clock restarted
-            zero_since = None
-        if want == 0 and have > 0:
-            if stable > 0 or active_since is None:
-                # Activating (no replica ready yet): scaler.go keeps the scale as it is.
-                want = have
-            elif now - active_since < kpa.stable_window_s:
-                # scaler.go handleScaleToZero: not active for a stable window yet; "scale down to at most 1
-                # for the remainder of the idle period".
-                want = 1
-            else:
-                # scaler.go handleScaleToZero: inactive for the retention period, and either inactive for
-                # the grace period or backed by the activator that long already. With the default TBC the
-                # activator never left the path, so the grace period is no wait at all.
-                zero_since = now if zero_since is None else zero_since
-                idle = now - zero_since
-                grace = kpa.scale_to_zero_grace_s
-                proxied = proxy_since is not None and now - proxy_since >= grace
-                if idle < kpa.retention_s or (idle < grace and not proxied):
-                    want = have
+        want = scaler.scale(now, want, have, ready, first_ready, stable, panic)
         if want > have:
             for _ in range(want - have):
                 start_replica(now)
@@ -500,8 +416,6 @@ def simulate_pool(
             for k in sorted(sorted(range(have), key=rank)[: have - want], reverse=True):
                 remove(k, now)
             replicas.append((now, len(bu)))
-            if not bu:
-                active_since = None
 
     for i in range(n):
         t, s = t_list[i], s_list[i]
@@ -525,8 +439,8 @@ def simulate_pool(
             end = lb_start[k] + lb_base[k] * ratio[size]
             for m in lb_members[k]:
                 comp[m] = end
-            if kpa:
-                add(old_end, min(end, t + timeout_s), size - 1)
+            if metrics:
+                metrics.add(old_end, min(end, t + timeout_s), size - 1)
             lb_size[k] = size
             lb_members[k].append(i)
         elif parallel > 1:
@@ -554,10 +468,10 @@ def simulate_pool(
             answered[k] = True
             if t <= ready_at[k] + cold_ready_age_s:
                 cold_at.append(t)
-        if kpa:
+        if metrics:
             # A client gives up at its timeout and the proxies stop counting the request then; it also
             # bounds the work per request when a configuration is overloaded.
-            add(t, min(end, t + timeout_s))
+            metrics.add(t, min(end, t + timeout_s))
     end_t = max([wall_s, *(max(m) for m in slots if max(m) < inf)])
     while kpa and next_tick <= wall_s:
         tick(next_tick)

@@ -47,6 +47,7 @@ class Candidate:
     cost_per_1m_usd: float
     wall_s: float
     replica_seconds: float = 0.0
+    priced_as: str = ""  # how the cost was reached where a platform's price is not one list price
     misses: dict[str, float] = field(default_factory=dict)  # objective -> how far off (ratio > 1 = miss)
     sim: SimResult | None = None
 
@@ -129,7 +130,7 @@ class Sweep:
         return out
 
     def run(self, platform: str, knobs: dict[str, Any]) -> Candidate:
-        sim, cost = getattr(self, f"_{platform}")(knobs)
+        sim, cost, priced_as = getattr(self, f"_{platform}")(knobs)
         p50, p99, success, cold_share, misses = judge(sim, self.spec.objectives)
         return Candidate(
             platform=platform,
@@ -145,11 +146,12 @@ class Sweep:
             cost_per_1m_usd=pricing.per_million(cost, sim.successes),
             wall_s=sim.wall_s,
             replica_seconds=sim.scheduled_replica_seconds,
+            priced_as=priced_as,
             misses=misses,
             sim=sim,
         )
 
-    def _knative(self, k: dict[str, Any]) -> tuple[SimResult, float]:
+    def _knative(self, k: dict[str, Any]) -> tuple[SimResult, float, str]:
         p = self.spec.platforms.knative
         a = p.assumptions
         vcpu = k["vcpu"]
@@ -196,10 +198,15 @@ class Sweep:
             for phase in range(a.tick_phases)
         ]
         sim = averaged(runs)
-        cost = pricing.knative_cost(p.node, vcpu, sim.scheduled_replica_seconds, p.fixed_nodes, sim.wall_s)
-        return sim, cost
+        # Priced as the replicas pack, by the same rule that bounds the room: the queue-proxy's request and
+        # the node's reserved CPU count in both.
+        per_node = p.per_node(vcpu)
+        cost = pricing.knative_cost(
+            p.node, per_node, sim.scheduled_replica_seconds, p.fixed_nodes, sim.wall_s
+        )
+        return sim, cost, pricing.knative_priced_as(p.node, per_node, vcpu, a.queue_proxy_vcpu, p.free_vcpu())
 
-    def _always_on(self, k: dict[str, Any]) -> tuple[SimResult, float]:
+    def _always_on(self, k: dict[str, Any]) -> tuple[SimResult, float, str]:
         node = pricing.NODES[k["preset"]]
         a = self.spec.platforms.always_on.assumptions
         sim = simulate_pool(
@@ -213,9 +220,9 @@ class Sweep:
             max_scale=k["replicas"],
         )
         sim.replica_seconds = k["replicas"] * sim.wall_s
-        return sim, pricing.always_on_cost(k["preset"], k["replicas"], sim.wall_s)
+        return sim, pricing.always_on_cost(k["preset"], k["replicas"], sim.wall_s), ""
 
-    def _lambda(self, k: dict[str, Any]) -> tuple[SimResult, float]:
+    def _lambda(self, k: dict[str, Any]) -> tuple[SimResult, float, str]:
         p = self.spec.platforms.lambda_
         a = p.assumptions
         vcpu = p.vcpu(k["memory_mb"])
@@ -243,9 +250,9 @@ class Sweep:
             k["provisioned_concurrency"],
             sim.wall_s,
         )
-        return sim, cost
+        return sim, cost, "whole Init Duration billed (AWS, since 2025-08-01)"
 
-    def _cloud_run(self, k: dict[str, Any]) -> tuple[SimResult, float]:
+    def _cloud_run(self, k: dict[str, Any]) -> tuple[SimResult, float, str]:
         p = self.spec.platforms.cloud_run
         a = p.assumptions
         vcpu = k["vcpu"]
@@ -263,7 +270,7 @@ class Sweep:
             wall_s=self.wall,
         )
         cost = pricing.cloud_run_cost(vcpu, p.memory_gib, sim.busy_s, sim.idle_min_s, len(sim.ok))
-        return sim, cost
+        return sim, cost, ""
 
 
 def sweep(
