@@ -45,6 +45,7 @@ from release import install_operator
 
 MODEL = SHARED_MODELS / "efficientnet-lite0.onnx"
 NAMESPACE = "e2e"
+READY_AFTER_ANSWER_S = 15.0
 PHASES = ("scale-decision", "scheduled", "sandbox", "running", "ready", "answer")
 # The runtime's own, in seconds from its process start (they overlap: the model loads while it imports).
 RUNTIME_PHASES = ("runtime-import", "runtime-fetch", "runtime-load", "runtime-warmup", "runtime-total")
@@ -274,6 +275,12 @@ def cold_start(
         t0 = time.monotonic()
         status, headers = post(f"http://{ingress}{path}", body, host)
         timeline.seen["answer"] = time.monotonic()
+        # The activator probes a starting pod itself and lets the request through before the kubelet's
+        # readiness probe (every second) makes the pod Ready: keep watching a while, so that a Ready after
+        # the answer is observed rather than lost.
+        deadline = time.monotonic() + READY_AFTER_ANSWER_S
+        while "ready" not in timeline.seen and time.monotonic() < deadline:
+            time.sleep(0.05)
     if status != 200:
         raise RuntimeError(f"cold request to {host} answered {status}")
     result: dict[str, Any] = {k: v - t0 for k, v in timeline.seen.items()}
@@ -396,7 +403,7 @@ def main() -> int:
                         samples[name].append(sample)
                         print(
                             f"  run {run + 1}/{args.runs} {name}: answer {sample['answer']:.2f}s "
-                            f"(ready {sample.get('ready', float('nan')):.2f}s), "
+                            f"(ready {ready_text(sample)}), "
                             f"to zero {sample['to-zero']:.0f}s",
                             flush=True,
                         )
@@ -414,6 +421,21 @@ def main() -> int:
     return 0 if all(s["cold-header"] for s in zeroserve) else 1
 
 
+def ready_text(sample: dict[str, Any]) -> str:
+    return f"{sample['ready']:.2f}s" if "ready" in sample else f"not seen within {READY_AFTER_ANSWER_S:g} s"
+
+
+def phase_cell(values: list[float | None]) -> tuple[str, int]:
+    """A phase's median over the runs that observed it, and how many did not: a phase seen in only some
+    runs says so beside its median, and one seen in none says that instead of a number."""
+    seen = [v for v in values if v is not None]
+    missing = len(values) - len(seen)
+    if not seen:
+        return "not seen", missing
+    median = f"{statistics.median(seen):.3f}"
+    return (f"{median} ({len(seen)}/{len(values)})" if missing else median), missing
+
+
 def report(
     samples: dict[str, list[dict[str, Any]]],
     warm: dict[str, tuple[float, float]],
@@ -424,13 +446,21 @@ def report(
         "\ncold start through the activator, seconds after the request "
         f"({len(samples['zeroserve'])} runs, median)"
     )
-    print(f"{'phase':<16}" + "".join(f"{n:>12}" for n in samples))
+    print(f"{'phase':<16}" + "".join(f"{n:>16}" for n in samples))
+    unseen = []
     for phase in (*PHASES, "runtime-init", *RUNTIME_PHASES, "to-zero"):
-        row = [
-            statistics.median(xs) if (xs := [s[phase] for s in samples[n] if phase in s]) else float("nan")
-            for n in samples
-        ]
-        print(f"{phase:<16}" + "".join(f"{v:>12.3f}" for v in row))
+        cells = []
+        for n in samples:
+            if n == "floor" and phase in ("runtime-init", *RUNTIME_PHASES):
+                cells.append("-")  # raw onnxruntime has no Zeroserve runtime to report them
+                continue
+            cell, missing = phase_cell([s.get(phase) for s in samples[n]])
+            cells.append(cell)
+            if missing:
+                unseen.append(f"{phase} in {missing} of {len(samples[n])} {n} runs")
+        print(f"{phase:<16}" + "".join(f"{c:>16}" for c in cells))
+    if unseen:
+        print("not observed (a median over the runs that saw it, with how many): " + "; ".join(unseen))
     zs = statistics.median(s["answer"] for s in samples["zeroserve"])
     floor = statistics.median(s["answer"] for s in samples["floor"])
     print(
