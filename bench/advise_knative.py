@@ -97,7 +97,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from zeroserve.advise import config
 from zeroserve.advise.cli import advise_loaded
-from zeroserve.advise.validate import validate_knative
+from zeroserve.advise.validate_knative import validate_knative
 
 MODEL_NAME = "efficientnet"
 NAMESPACE = "advise"
@@ -190,7 +190,7 @@ def main() -> int:
     # the model's sha256) once the node's room is known.
     loaded, profile, advice = advise(args.node_free_vcpu if args.predict_only else None)
     if args.predict_only:
-        from zeroserve.advise.validate import predict_knative
+        from zeroserve.advise.validate_knative import predict_knative
 
         pred = predict_knative(loaded, profile, advice, args.duration)
         print(json.dumps(pred, indent=1))

@@ -602,7 +602,7 @@ def test_validate_runs_the_runtime_for_real_and_compares(
 
 def test_a_validation_feeds_the_runtime_time_paced_just_before_the_run() -> None:
     from zeroserve.advise.profile import Point, Profile
-    from zeroserve.advise.validate import LocalPlan, predict, runtime_drift
+    from zeroserve.advise.validate_local import LocalPlan, predict, runtime_drift
 
     rng = np.random.default_rng(0)
     then = list(0.001 + rng.exponential(0.0001, 400))  # the profile: 1.1 ms a request at 1 vCPU
@@ -653,7 +653,7 @@ def test_a_profile_taken_while_other_processes_take_the_cpus_says_so_whenever_us
 
 
 def test_a_p99_is_judged_only_over_enough_requests() -> None:
-    from zeroserve.advise.validate import P99_MIN_REQUESTS, Comparison
+    from zeroserve.advise.validate_local import P99_MIN_REQUESTS, Comparison
 
     def compared(requests: int) -> Comparison:
         return Comparison("zeroserve", "oip-rest", 1.0, requests, 10.0, 10.5, 30.0, 15.0, 1.0)
@@ -703,7 +703,7 @@ def test_bench_prices_a_scaled_target_from_its_recorded_replica_seconds() -> Non
 
 
 def test_a_knative_cold_start_miss_names_the_bursts_and_what_they_point_at() -> None:
-    from zeroserve.advise.validate import KnativeComparison, cold_bursts
+    from zeroserve.advise.validate_knative import KnativeComparison, cold_bursts
 
     arrivals = np.array([0.0, 1.0, 20.0, 21.0, 29.0, 45.0, 60.0])
     measured = [0.0, 20.0, 60.0]

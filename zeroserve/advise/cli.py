@@ -101,12 +101,13 @@ def run(
     for kind, p in paths.items():
         console.print(f"  {kind}: {p}", highlight=False, markup=False)
     if validate:
-        from zeroserve.advise.validate import ValidateError, validate_local
+        from zeroserve.advise.validate import ValidateError
+        from zeroserve.advise.validate_local import validate_local
 
         try:
             ok = validate_local(loaded, profile, out / "validate", console, validate_duration, advice)
             if knative is not None:
-                from zeroserve.advise.validate import validate_knative
+                from zeroserve.advise.validate_knative import validate_knative
 
                 compared = validate_knative(
                     loaded,
