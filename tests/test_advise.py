@@ -740,3 +740,43 @@ def test_a_knative_cold_start_miss_names_the_bursts_and_what_they_point_at() -> 
     assert "went to zero sooner" in miss(sooner)
     # Agreement within half a start per burst is no difference.
     assert cold_bursts(measured, [measured] * 4, arrivals) == []
+
+
+def test_a_recorded_knative_run_is_predicted_again_exactly_from_its_record() -> None:
+    from zeroserve.advise.sweep import Sweep
+    from zeroserve.advise.validate_knative import KnativeComparison, record, repredict
+
+    # What validate_knative keeps of a run: enough for a later simulator to predict it again, here the
+    # same one, so the prediction must come back to the digit.
+    arr = MMPP(rates=[0.08, 3], mean_sojourn_s=[16, 5], duration_s=300, seed=1).arrivals()
+    profile = _one_point_profile(
+        runtime_s={1: list(np.linspace(0.01, 0.02, 50))}, runtime_cold={"total": 0.4}
+    )
+    knative = {
+        "vcpu": [0.5],
+        "min_scale": [0],
+        "target": [2.0],
+        "max_nodes": 1,
+        "node_free_vcpu": 1.2,
+        "assumptions": {"stable_window_s": 6, "scale_to_zero_grace_s": 6, "pod_start_s": 0.7},
+    }
+    spec = parse({**BASE, "seed": 3, "objectives": {"p99_ms": 5000}, "platforms": {"knative": knative}})
+    knobs = {
+        "vcpu": 0.5,
+        "min_scale": 0,
+        "target": 2.0,
+        "container_concurrency": 0,
+        "max_batch_size": 1,
+        "parallel_inferences": 1,
+        "scale_to_zero_retention_s": 0.0,
+    }
+    then = Sweep(spec, profile, arr, 300).run("knative", knobs)
+    measured = KnativeComparison(knobs, then.sim.cold_starts, 9, then.replica_seconds, 120.0, 12, 13, 40, 45)
+    kept = json.loads(
+        json.dumps(record(spec, profile, knobs, arr, 300, measured, [1.5, 40.25], [{"t": 0, "total": 0}]))
+    )
+    again = repredict(kept)
+    assert again.sim.cold_starts == pytest.approx(then.sim.cold_starts)
+    assert again.replica_seconds == pytest.approx(then.replica_seconds, rel=1e-6)
+    assert kept["measured"]["cold_start_at"] == [1.5, 40.25] and kept["measured"]["replicas"] == [[0, 0]]
+    assert kept["advise"]["model"] == {"path": "m.onnx", "name": spec.model.name}

@@ -206,6 +206,31 @@ def test_summary_separates_cold_and_warm_and_counts_failures() -> None:
     assert r.errors == {"HTTP 503: busy": 1, "ConnectionRefusedError": 1}
 
 
+def test_report_counts_answers_per_replica_and_per_revision_where_the_target_names_them() -> None:
+    target = Target(name="t", kind="oip-rest", url="http://127.0.0.1:9", model="m")
+    plan = RunPlan(targets=[target], payload=PAYLOAD, workload=Constant(rate=1, duration_s=10))
+
+    def at(t: float, replica: str, revision: str, ok: bool = True) -> Sample:
+        return Sample(
+            0, t, t, 0.01, 200 if ok else 503, ok, False, -1, -1, -1, "" if ok else "busy", replica, revision
+        )
+
+    # Revision 1 alone, both on one replica; then the two overlap while the rollout moves; then only 2.
+    samples = [at(t, "a", "m-1") for t in (0, 1, 2, 3)] + [at(4, "b", "m-2"), at(5, "a", "m-1")]
+    samples += [at(t, "b", "m-2") for t in (6, 7, 8)] + [at(9, "c", "m-2", ok=False)]
+    r = summarize(target, samples, (0, 10), planned=10)
+    assert r.answered_by == {"a": 5, "b": 4}  # failures name no answering replica
+    assert r.revisions == {
+        "m-1": {"answers": 5, "first_s": 0, "last_s": 5},
+        "m-2": {"answers": 4, "first_s": 4, "last_s": 8},
+    }
+    # A target that names nobody has neither key in the report, rather than empty ones.
+    plain = summarize(target, [Sample(0, 0, 0, 0.01, 200, True, False, -1, -1, -1, "")], (0, 1), planned=1)
+    assert plain.answered_by is None and plain.revisions is None
+    out = Report(plan, [plain], []).to_dict()["targets"][0]
+    assert "answered_by" not in out and "revisions" not in out
+
+
 def test_report_redacts_secrets_and_warns_about_what_did_not_happen() -> None:
     target = Target(
         name="t",

@@ -362,6 +362,35 @@ def test_grpc_answers_carry_timing_and_the_first_its_cold_start(models, tmp_path
     assert all(parse_server_timing(m[SERVER_TIMING]) > 0 for m in (first, second))
 
 
+def test_answers_name_the_replica_and_revision_only_where_the_platform_names_them(
+    models, tmp_path: Path, linear: RuntimeProcess
+) -> None:
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+    from zeroserve_runtime.protocol.headers import REPLICA, REVISION
+
+    request = service_pb2.ModelInferRequest(model_name="linear")
+    tensor = request.inputs.add()
+    tensor.name, tensor.datatype = "x", "FP32"
+    tensor.shape.extend(X.shape)
+    request.raw_input_contents.append(X.tobytes())
+    # As Knative runs it: K_REVISION set, and the pod's name as its HOSTNAME.
+    proc = RuntimeProcess(models["linear"], tmp_path / "log", name="linear")
+    proc.env.update(K_REVISION="linear-00002", HOSTNAME="linear-00002-deployment-7d9f-x2x4q")
+    with proc:
+        status, _, rest = post(proc, infer_body())
+        with grpc.insecure_channel(proc.grpc_address) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            meta = dict(stub.ModelInfer.with_call(request)[1].trailing_metadata())
+    assert status == 200
+    for headers in ({k.lower(): v for k, v in rest.items()}, meta):
+        assert headers[REVISION] == "linear-00002"
+        assert headers[REPLICA] == "linear-00002-deployment-7d9f-x2x4q"
+    # Run by hand (no K_REVISION): the machine's name is not handed to clients.
+    status, _, anywhere = post(linear, infer_body())
+    assert status == 200 and not {REPLICA, REVISION} & {k.lower() for k in anywhere}
+
+
 def test_a_call_the_client_gives_up_on_counts_as_cancelled_not_error(tmp_path: Path) -> None:
     import time
 

@@ -28,6 +28,8 @@ class Outcome(NamedTuple):
     init_s: float  # process start to ready, reported with the cold-start header; -1 otherwise
     ready_age_s: float  # how long after ready the request arrived, with the cold-start header; -1 otherwise
     error: str
+    replica: str = ""  # which replica answered, where the target says (zh.REPLICA)
+    revision: str = ""  # which revision answered, where the target says (zh.REVISION)
 
 
 def _outcome(status: int, latency: float, headers: Mapping[str, str], error: str) -> Outcome:
@@ -41,6 +43,8 @@ def _outcome(status: int, latency: float, headers: Mapping[str, str], error: str
         _header_float(headers.get(_INIT)),
         _header_float(headers.get(_AGE)),
         error,
+        headers.get(zh.REPLICA, ""),
+        headers.get(zh.REVISION, ""),
     )
 
 

@@ -77,3 +77,5 @@ class Sample(NamedTuple):
     init_s: float
     ready_age_s: float
     error: str
+    replica: str = ""  # which replica answered, where the target said (its pod's name on Knative)
+    revision: str = ""  # which revision answered, where the target said

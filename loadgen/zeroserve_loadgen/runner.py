@@ -97,6 +97,8 @@ def dispatch(state: WorkerState, request_event: Any) -> None:
                     o.init_s,
                     o.ready_age_s,
                     o.error,
+                    o.replica,
+                    o.revision,
                 )
             )
 

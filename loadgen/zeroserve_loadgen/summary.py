@@ -50,6 +50,10 @@ class TargetReport:
     max_replicas: int | None = None
     replica_errors: list[str] | None = None
     replica_seconds: float | None = None
+    # Where the target names who answered (Knative: the runtime's replica and revision headers): answers
+    # per replica, and per revision with the first and last second it answered in.
+    answered_by: dict[str, int] | None = None
+    revisions: dict[str, dict[str, float]] | None = None
 
 
 REPLICA_FIELDS = ("replicas", "max_replicas", "replica_errors", "replica_seconds")
@@ -109,6 +113,16 @@ def summarize(
         r.server_ms_p50 = float(np.median(server[ok & (server >= 0)]) * 1000)
     r.send_lag_ms = _pcts(np.array([s.sent_s - s.scheduled_s for s in samples]))
     r.errors = dict(Counter(s.error for s in samples if s.error).most_common(5))
+    named = [s for s in samples if s.ok and s.replica]
+    if named:
+        r.answered_by = dict(Counter(s.replica for s in named))
+    revised = [s for s in samples if s.ok and s.revision]
+    if revised:
+        r.revisions = {}
+        for s in sorted(revised, key=lambda s: s.sent_s):
+            seen = r.revisions.setdefault(s.revision, {"answers": 0, "first_s": s.sent_s, "last_s": s.sent_s})
+            seen["answers"] += 1
+            seen["last_s"] = s.sent_s
     pricing = target.effective_pricing()
     r.pricing = pricing.describe()
     # Only requests the platform answered were invoked (and billed). Billed time is the target's own
@@ -205,6 +219,9 @@ class Report:
         out = asdict(t)
         if t.replicas is None:  # not asked for: absent rather than empty, which would read as zero pods
             for key in REPLICA_FIELDS:
+                del out[key]
+        for key in ("answered_by", "revisions"):
+            if out[key] is None:  # the target named nobody: absent, as above
                 del out[key]
         return out
 

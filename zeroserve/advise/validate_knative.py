@@ -15,9 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from zeroserve.advise.profile import (
-    Profile,
-)
+from zeroserve.advise.profile import Profile
 from zeroserve.advise.validate import ValidateError, shortened
 
 P50_TOLERANCE = 0.20
@@ -336,6 +334,8 @@ def validate_knative(
     (out / "validate-knative.json").write_bytes(
         orjson.dumps({**asdict(comparison), "misses": comparison.misses()}, option=orjson.OPT_INDENT_2)
     )
+    kept = record(spec, profile, pick.knobs, arrivals, workload.duration, comparison, measured_at, t.replicas)
+    (out / "record.json").write_bytes(orjson.dumps(kept))
     console.print(
         f"knative {pick.label()}: cold starts {comparison.predicted_cold:.1f} predicted / "
         f"{comparison.measured_cold} measured; replica-seconds {comparison.predicted_replica_seconds:,.0f} / "
@@ -348,3 +348,86 @@ def validate_knative(
     for line in comparison.misses():
         console.print(f"  {line}", highlight=False, markup=False)
     return comparison
+
+
+# -- recorded runs, re-predicted without a cluster ---------------------------------------------------------
+
+RECORD_VERSION = 1
+
+
+def record(
+    spec: Any,
+    profile: Profile,
+    knobs: dict[str, Any],
+    arrivals: np.ndarray,
+    duration_s: float,
+    comparison: KnativeComparison,
+    cold_start_at: list[float],
+    replicas: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """What a measured run needs to be predicted again by a later simulator, and what it measured: the
+    advise file (the cluster's pod start and room in its assumptions), the runtime's profile, the pick,
+    the arrivals as sent, and the cold starts, replica-seconds and replica count over time as counted.
+    A few tens of KB; the test suite keeps some (tests/data/advise-knative/) and holds the simulator to
+    them."""
+    dumped = spec.model_dump(mode="json", by_alias=True)
+    dumped["model"] = {"path": Path(str(spec.model.path)).name, "name": spec.model.name}
+    batch = knobs.get("max_batch_size", 1)
+    parallel = knobs.get("parallel_inferences", 1) > 1
+
+    def samples(by: dict[int, list[float]], keep: Any) -> dict[str, list[float]]:
+        return {str(k): [round(x, 7) for x in v] for k, v in by.items() if keep(k)}
+
+    points = [
+        {
+            "vcpu": p.vcpu,
+            "threads": p.threads,
+            "limited": p.limited,
+            "runtime_cold": p.runtime_cold,
+            "runtime_s": samples(p.runtime_s, lambda b: b <= batch),
+            "parallel_s": samples(p.parallel_s, lambda _: parallel),
+            "parallel_alone_s": samples(p.parallel_alone_s, lambda _: parallel),
+        }
+        for p in profile.points
+    ]
+    return {
+        "version": RECORD_VERSION,
+        "advise": dumped,
+        "profile": {"model_sha256": profile.model_sha256, "model_name": profile.model_name, "points": points},
+        "knobs": knobs,
+        "duration_s": duration_s,
+        "arrivals": [round(float(a), 4) for a in arrivals],
+        "measured": {
+            "cold_starts": comparison.measured_cold,
+            "cold_start_at": [round(t, 3) for t in cold_start_at],
+            "replica_seconds": comparison.measured_replica_seconds,
+            "max_replicas": comparison.measured_max_replicas,
+            "p50_ms": comparison.measured_p50_ms,
+            "replicas": [[round(float(r["t"]), 3), int(r["total"])] for r in replicas or []],
+        },
+        "predicted_then": {
+            "cold_starts": comparison.predicted_cold,
+            "replica_seconds": comparison.predicted_replica_seconds,
+        },
+    }
+
+
+def repredict(kept: dict[str, Any]) -> Any:
+    """A recorded run predicted by this simulator: the Candidate (its `sim` kept) for the recorded pick on
+    the recorded arrivals."""
+    from zeroserve.advise.config import parse
+    from zeroserve.advise.profile import Point
+    from zeroserve.advise.sweep import Sweep
+
+    if kept.get("version") != RECORD_VERSION:
+        raise ValidateError(f"a record of version {kept.get('version')}; this reads {RECORD_VERSION}")
+    spec = parse(kept["advise"], "recorded run")
+    raw = kept["profile"]
+    by_int = ("runtime_s", "parallel_s", "parallel_alone_s")
+    points = [
+        Point(**{**p, **{k: {int(b): v for b, v in p.get(k, {}).items()} for k in by_int}})
+        for p in raw["points"]
+    ]
+    profile = Profile(raw["model_sha256"], raw["model_name"], points)
+    arrivals = np.asarray(kept["arrivals"], dtype=float)
+    return Sweep(spec, profile, arrivals, kept["duration_s"]).run("knative", kept["knobs"])

@@ -3,6 +3,8 @@ can tell cold starts and billed time apart the same way whatever the target is."
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 
@@ -18,6 +20,21 @@ READY_AGE = "x-zeroserve-ready-age-seconds"
 # functions from handler entry to the response, which is what Lambda and Cloud Run bill; for the server
 # from the body read to the response (decoding, queue, inference and, over REST, encoding).
 SERVER_TIMING = "server-timing"
+# Which replica and which revision answered, where the platform names them (Knative and Cloud Run set
+# K_REVISION, and a pod's or instance's HOSTNAME is its name): how a bench tells the replicas of a
+# scale-up apart and sees the traffic move from one revision to the next. Absent elsewhere, so a
+# process run by hand does not hand its machine's name to clients.
+REPLICA = "x-zeroserve-replica"
+REVISION = "x-zeroserve-revision"
+
+
+def identity(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The replica and revision headers for this process, from its environment."""
+    env = dict(os.environ) if env is None else env
+    revision = env.get("K_REVISION")
+    if not revision:
+        return {}
+    return {REVISION: revision, REPLICA: env.get("HOSTNAME") or socket.gethostname()}
 
 
 def server_timing(infer_seconds: float) -> str:
@@ -52,6 +69,7 @@ class ColdStart:
         self._ready_at: float | None = None
         self._pending = True
         self._lock = threading.Lock()
+        self.identity = identity()
 
     def mark_ready(self, init_seconds: float) -> None:
         self.init_seconds = init_seconds
@@ -59,7 +77,7 @@ class ColdStart:
 
     def response_headers(self, server_seconds: float, received_at: float | None = None) -> dict[str, str]:
         """`received_at` is the request's arrival on time.perf_counter()."""
-        headers = {SERVER_TIMING: server_timing(server_seconds)}
+        headers = {SERVER_TIMING: server_timing(server_seconds), **self.identity}
         if self._pending:
             with self._lock:
                 first, self._pending = self._pending, False
