@@ -43,10 +43,11 @@ images: control-plane
 control-plane:
 	hack/build-control-plane.sh >/dev/null
 
-## cluster-up: start the test cluster with a node by hand; prints `export KUBECONFIG=...` and the image
-## references it loaded; Ctrl-C stops it
+## cluster-up: start the test cluster by hand with a node, Knative Serving, Traefik, CoreDNS and the operator
+## from the chart; prints `export KUBECONFIG=...` and the kubectl and curl commands that run
+## examples/modelservice-cpu.yaml; Ctrl-C stops it
 cluster-up: $(STAMP) control-plane images
-	$(BIN)/python tests/controlplane.py up
+	$(BIN)/python tests/controlplane.py up --knative
 
 ## bench-controlplane: measure the control plane's cold start
 bench-controlplane: $(STAMP) control-plane

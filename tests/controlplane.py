@@ -5,13 +5,19 @@ Started the way controller-runtime's envtest starts one, from the binaries that
 hack/build-control-plane.sh builds at the versions pinned in hack/versions.env, with Knative Serving's
 real CRDs installed from the pinned knative.dev/serving module.
 
-    python tests/controlplane.py up              # what `make cluster-up` runs; Ctrl-C tears it down
+    python tests/controlplane.py up --knative    # what `make cluster-up` runs; Ctrl-C tears it down
+    python tests/controlplane.py up              # the cluster and its node, without Knative
     python tests/controlplane.py up --no-node    # the API server alone, on loopback (no root needed)
+
+With --knative the node also runs CoreDNS, Knative Serving and Traefik (the test cluster's, tests/knative.py)
+and the operator from the chart; the shared models are served to the node, and it prints the kubectl and
+curl commands that run examples/modelservice-cpu.yaml by hand.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -563,11 +569,57 @@ class ControlPlane:
 # -- command line: make cluster-up -----------------------------------------------------------------------
 
 
+def _knative_stack(plane: ControlPlane, workdir: Path, stack: contextlib.ExitStack) -> list[str]:
+    """Knative, Traefik, CoreDNS and the operator on the running cluster, the shared models served to its
+    node, and examples/modelservice-cpu.yaml made runnable here: the commands that try it."""
+    import knative
+    from modelhost import SHARED_MODELS, serve_models
+    from pods import service_address
+    from release import install_operator
+
+    print("installing CoreDNS, Knative Serving and Traefik ...", flush=True)
+    knative.install(plane)
+    print("installing the operator from the chart (helm) ...", flush=True)
+    install_operator(plane, "zeroserve", "zeroserve-system")
+    base = stack.enter_context(serve_models(SHARED_MODELS))
+    example = yaml.safe_load((REPO_ROOT / "examples" / "modelservice-cpu.yaml").read_text())
+    name = example["metadata"]["name"]
+    spec = example["spec"]
+    # This machine has no S3 and a 2-CPU node: the model from the models served to the node, no
+    # credentials, and a replica small enough to fit beside the system pods.
+    spec["model"]["uri"] = f"{base}/efficientnet-lite0.onnx"
+    spec["model"].pop("secretRef", None)
+    spec["resources"]["cpu"] = "500m"
+    spec["runtime"]["threads"] = 1
+    manifest = workdir / "modelservice-cpu.yaml"
+    manifest.write_text(
+        "# examples/modelservice-cpu.yaml, with its model served from this machine and a replica that fits\n"
+        "# the test node\n" + yaml.safe_dump(example, sort_keys=False)
+    )
+    request = workdir / "request.json"
+    pixels = [0.5] * (3 * 224 * 224)
+    request.write_text(
+        json.dumps(
+            {"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": pixels}]}
+        )
+    )
+    ingress = service_address(plane, knative.TRAEFIK_NAMESPACE, "traefik")
+    host = f"{name}.default.{knative.DOMAIN}"
+    return [
+        f"kubectl apply -f {manifest}",
+        f"kubectl wait modelservice/{name} --for=condition=Ready --timeout=180s",
+        f"curl -sS -H 'Host: {host}' -H 'Content-Type: application/json' -d @{request} "
+        f"http://{ingress}/v2/models/{name}/infer | head -c 300; echo",
+        "kubectl get modelservices,pods   # about 40 s after the last request: no pods (scale to zero)",
+    ]
+
+
 def main(argv: list[str]) -> int:
-    if argv[1:] not in (["up"], ["up", "--no-node"]):
+    if argv[1:] not in (["up"], ["up", "--no-node"], ["up", "--knative"]):
         print(__doc__)
         return 2
     with_node = "--no-node" not in argv
+    with_knative = "--knative" in argv
     try:
         binaries = Binaries.from_cache()
         images = Images.from_cache(default_cache_dir()) if with_node else None
@@ -588,16 +640,22 @@ def main(argv: list[str]) -> int:
     if images:
         parts += ", kube-scheduler and a node (containerd, kubelet, kube-proxy)"
     print(f"starting {parts} ...", flush=True)
+    stack = contextlib.ExitStack()
     try:
         plane.start()
         kubectl_dir = binaries.kubectl.parent
         print(f"cluster ready in {plane.timings['total']:.1f}s at {plane.server}")
+        commands = _knative_stack(plane, workdir, stack) if with_knative else []
         print(f"logs: {workdir / 'logs'}\n")
         print(f"export KUBECONFIG={plane.kubeconfig} PATH={kubectl_dir}:$PATH")
         if images:
             # The images the node holds, for manifests and `helm install --set image...`.
             print(f"ZEROSERVE_OPERATOR_IMAGE={images.operator}")
             print(f"ZEROSERVE_RUNTIME_IMAGE={images.runtime}")
+        if commands:
+            print("\nKnative Serving, Traefik and the operator are running. Try a ModelService by hand:")
+            for command in commands:
+                print(f"  {command}")
         print()
         print("Press Ctrl-C to tear it down.", flush=True)
         while not stop:
@@ -607,6 +665,7 @@ def main(argv: list[str]) -> int:
             time.sleep(0.5)
         return 0
     finally:
+        stack.close()
         plane.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         print("cluster stopped.")

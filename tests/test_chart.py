@@ -391,3 +391,32 @@ def test_zeroserve_install_upgrade_and_uninstall(control_plane: ControlPlane, bi
     assert left.returncode != 0 and "NotFound" in left.stderr
     # Helm never deletes CRDs: ModelServices survive an uninstall.
     assert control_plane.kubectl("get", "crd", "modelservices.zeroserve.dev").returncode == 0
+
+
+def test_installing_where_knative_serving_is_missing_says_so(
+    control_plane: ControlPlane, binaries: Binaries
+) -> None:
+    ns = f"zs-{uuid.uuid4().hex[:8]}"
+    result = subprocess.run(
+        [
+            str(binaries.helm),
+            "install",
+            "zeroserve",
+            str(CHART),
+            "--namespace",
+            ns,
+            "--create-namespace",
+            "--kubeconfig",
+            str(control_plane.kubeconfig),
+            "--set=knative.namespace=knative-nowhere",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert 'Knative Serving is missing: this cluster has no namespace "knative-nowhere"' in result.stderr
+    assert "not found" not in result.stderr, result.stderr
+    # Nothing was installed: the release failed before any object was created.
+    left = control_plane.kubectl("get", "deployment", "zeroserve", "-n", ns, check=False)
+    assert left.returncode != 0 and "NotFound" in left.stderr
