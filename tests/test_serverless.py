@@ -5,6 +5,7 @@ scales to zero, and answers cold through the activator."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -13,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -462,6 +464,111 @@ def test_knatives_webhook_judges_the_operators_services(
         )
     finally:
         set_features(plane, nodeselector="disabled", tolerations="disabled", init_containers="disabled")
+
+
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+
+
+@contextlib.contextmanager
+def gpu_pool_face(plane: ControlPlane) -> Iterator[str]:
+    """The test node dressed as a GPU node pool's node: two nvidia.com/gpu in its status (as the device
+    plugin advertises it), the label and the taint such a pool has; all taken off again afterwards."""
+    (node,) = plane.get_json("nodes")["items"]
+    name = node["metadata"]["name"]
+    taints = node["spec"].get("taints") or []
+    gpu = json.dumps(
+        {"status": {"capacity": {"nvidia.com/gpu": "1"}, "allocatable": {"nvidia.com/gpu": "1"}}}
+    )
+    plane.kubectl("patch", "node", name, "--subresource=status", "--type=merge", "-p", gpu)
+    plane.kubectl("label", "node", name, "nvidia.com/gpu.present=true", "--overwrite")
+    plane.kubectl(
+        "patch", "node", name, "--type=merge", "-p", json.dumps({"spec": {"taints": [*taints, GPU_TAINT]}})
+    )
+    try:
+        yield name
+    finally:
+        plane.kubectl(
+            "patch", "node", name, "--type=merge", "-p", json.dumps({"spec": {"taints": taints or None}})
+        )
+        plane.kubectl("label", "node", name, "nvidia.com/gpu.present-")
+        none = json.dumps(
+            {"status": {"capacity": {"nvidia.com/gpu": None}, "allocatable": {"nvidia.com/gpu": None}}}
+        )
+        plane.kubectl("patch", "node", name, "--subresource=status", "--type=merge", "-p", none)
+
+
+def test_a_gpu_modelservice_is_placed_on_the_gpu_pool_refuses_cpu_and_serves_when_allowed(
+    knative_cluster: ControlPlane, chart_operator: str, ns: str, model_url: str
+) -> None:
+    """On real Knative and a node that looks like a GPU pool's: the GPU ModelService's pod is scheduled
+    there (its nodeSelector, toleration and nvidia.com/gpu limit, the operator's defaults, met by the
+    node); on a runtime image without CUDA it fails and says why, naming CUDA; allowed CPU, it serves
+    and reports that each replica's provider is its own."""
+    plane = knative_cluster
+    image = plane.images.runtime  # type: ignore[union-attr]  # the CPU image: onnxruntime without CUDA
+    set_features(plane, nodeselector="enabled", tolerations="enabled")
+    try:
+        with gpu_pool_face(plane) as node:
+            gpu = {"count": 1}
+            placement = {
+                "nodeSelector": {"nvidia.com/gpu.present": "true"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            }
+            strict = modelservice(
+                "gpu-strict",
+                model_url,
+                runtime={"image": image},
+                resources={"memory": "1Gi", "gpu": gpu},
+                **placement,
+            )
+            allowed = modelservice(
+                "gpu-allowed",
+                model_url,
+                runtime={"image": image},
+                resources={"memory": "1Gi", "gpu": {**gpu, "allowCpuFallback": True}},
+                scaling={"minReplicas": 1},
+                **placement,
+            )
+            apply(plane, ns, [strict, allowed])
+
+            def failed() -> dict[str, Any] | None:
+                ms = plane.get_json("modelservice", "gpu-strict", "-n", ns)
+                ready = conditions(ms).get("Ready", {})
+                return ms if ready.get("reason") == "RuntimeFailed" else None
+
+            ms = wait_for(failed, within=180, what="gpu-strict RuntimeFailed")
+            message = conditions(ms)["Ready"]["message"]
+            assert "CUDAExecutionProvider" in message and "allowCpuFallback" in message, message
+            served = wait_for(
+                lambda: modelservice_ready(plane, ns, "gpu-allowed"), within=180, what="gpu-allowed Ready"
+            )
+            assert served["status"]["executionProvider"] == "PerReplica", served["status"]
+            for name in ("gpu-strict", "gpu-allowed"):
+                placed = pods(plane, ns, f"serving.knative.dev/service={name}")
+                assert placed, name
+                for pod in placed:
+                    assert pod["spec"]["nodeName"] == node, pod["spec"].get("nodeName")
+                    user = next(c for c in pod["spec"]["containers"] if c["name"] != "queue-proxy")
+                    assert user["resources"]["limits"]["nvidia.com/gpu"] == "1", user["resources"]
+            # The scheduler counted the GPUs the replicas hold against the node's, as on a real pool.
+            allocated = re.search(
+                r"nvidia\.com/gpu\s+(\d+)\s+(\d+)", plane.kubectl("describe", "node", node).stdout
+            )
+            assert allocated and int(allocated[1]) >= 1, allocated
+            x = np.random.default_rng(5).standard_normal((1, 3, 224, 224), dtype=np.float32)
+            status, headers, body = Ingress(plane).post(
+                urlparse(served["status"]["url"]).hostname or "",
+                "/v2/models/gpu-allowed/infer",
+                infer_body(x),
+            )
+            assert status == 200, body[:500]
+            on_node = {
+                p["metadata"]["name"] for p in pods(plane, ns, "serving.knative.dev/service=gpu-allowed")
+            }
+            assert headers["x-zeroserve-replica"] in on_node, (headers, on_node)
+            plane.kubectl("delete", "modelservice", "--all", "-n", ns, "--wait=true")
+    finally:
+        set_features(plane, nodeselector="disabled", tolerations="disabled")
 
 
 def operator_pod(plane: ControlPlane) -> dict[str, Any] | None:
