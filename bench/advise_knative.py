@@ -99,6 +99,8 @@ from zeroserve.advise import config
 from zeroserve.advise.cli import advise_loaded
 from zeroserve.advise.validate_knative import validate_knative
 
+ROOT = Path(__file__).resolve().parent.parent
+RECORDS = ROOT / "tests" / "data" / "advise-knative"
 MODEL_NAME = "efficientnet"
 NAMESPACE = "advise"
 
@@ -156,6 +158,12 @@ def main() -> int:
     parser.add_argument("--vcpu", type=float, default=0.5, help="the replicas' CPU (default 0.5)")
     parser.add_argument("--target", type=float, default=2.0, help="the concurrency target (default 2)")
     parser.add_argument("--out", type=Path, default=Path("zeroserve-advise-knative"))
+    parser.add_argument(
+        "--keep",
+        metavar="NAME",
+        help="also keep the run's record as tests/data/advise-knative/NAME.json, which the test suite "
+        "predicts again with every change to the simulator (tests/test_advise_recorded.py)",
+    )
     parser.add_argument(
         "--predict-only", action="store_true", help="profile and simulate; do not start the cluster"
     )
@@ -253,6 +261,16 @@ def main() -> int:
                 (args.out / "pods.json").write_text(json.dumps(timeline.pods, indent=1))
                 print("  pods:", json.dumps(timeline.summary()), flush=True)
                 print(f"  bench took {time.monotonic() - started:.0f} s", flush=True)
+    if args.keep:
+        kept = RECORDS / f"{args.keep}.json"
+        record = json.loads((args.out / "validate" / "record.json").read_text())
+        record["recorded"] = {
+            "on": time.strftime("%Y-%m-%d"),
+            "by": f"bench/advise_knative.py --seed {args.seed} --vcpu {args.vcpu:g} --target {args.target:g} "
+            f"--duration {args.duration:g}",
+        }
+        kept.write_text(json.dumps(record, separators=(",", ":")) + "\n")
+        print(f"  kept the record as {kept.relative_to(ROOT)}", flush=True)
     print(json.dumps({"misses": compared.misses()}, indent=1))
     return 0 if not compared.misses() else 1
 

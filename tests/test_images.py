@@ -105,8 +105,10 @@ NOT_IN_RUNTIME = {
     "pip",
     "setuptools",
 }
-OPERATOR_REQUIRED = {"zeroserve", "kopf", "kubernetes", "kubernetes-asyncio", "pydantic", "prometheus-client"}
+OPERATOR_REQUIRED = {"zeroserve", "kopf", "kubernetes-asyncio", "pydantic", "prometheus-client"}
 NOT_IN_OPERATOR = {
+    # The synchronous client: kopf imports it when it is there, 45 MB of the operator's memory.
+    "kubernetes",
     "onnxruntime",
     "tritonclient",
     "grpcio",

@@ -366,6 +366,66 @@ async def test_knative_service_of_someone_else_is_not_taken_over(
     assert ksvc is not None and ksvc["spec"]["template"]["spec"]["containers"][0]["image"] == "someone/else:1"
 
 
+@pytest.fixture
+def quick_health(
+    control_plane: ControlPlane, modelservice_crd: str, namespace: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    env = {**FAST_RETRY, "ZEROSERVE_OPERATOR_HEALTH_INTERVAL": "1"}
+    with OperatorProcess(control_plane, tmp_path / "operator.log", [namespace], env=env) as proc:
+        yield proc
+    print(proc.tail())
+
+
+async def test_a_crash_looping_runtime_is_reported_by_the_health_sweep(
+    quick_health: OperatorProcess, cluster: Cluster
+) -> None:
+    """Nothing Knative reconciles on changes while a runtime crash-loops: the operator's periodic sweep of
+    the ModelServices' pods (one list, not a timer per ModelService) finds it and says why."""
+    body = example(CPU_EXAMPLE)
+    name = body["metadata"]["name"]
+    await cluster.create(body)
+    await eventually(lambda: converged(cluster, name), within=30, what="first reconcile")
+    # Knative's controllers do not run here: the revision's pod is written as the kubelet would report
+    # a runtime that exits 1, with its termination message; and a healthy pod of another ModelService.
+    for pod_name, model, crash in (
+        ("effnet-00001-deployment-a", name, True),
+        ("other-00001-deployment-b", "other", False),
+    ):
+        await cluster.core.create_namespaced_pod(
+            cluster.ns,
+            {
+                "metadata": {"name": pod_name, "labels": {"zeroserve.dev/modelservice": model}},
+                "spec": {"containers": [{"name": "runtime", "image": "kind.local/zeroserve/runtime:test"}]},
+            },
+        )
+        state = (
+            {
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                "lastState": {
+                    "terminated": {"exitCode": 1, "message": "model: sha256 mismatch: refusing to serve it"}
+                },
+                "restartCount": 2,
+            }
+            if crash
+            else {"state": {"running": {"startedAt": "2026-12-07T00:00:00Z"}}, "restartCount": 0}
+        )
+        status = {
+            "phase": "Running",
+            "containerStatuses": [
+                {"name": "runtime", "image": "x", "imageID": "", "ready": False, **state},
+            ],
+        }
+        await cluster.core.patch_namespaced_pod_status(pod_name, cluster.ns, {"status": status})
+
+    async def reported() -> dict[str, Any] | None:
+        ready = await cluster.condition(name)
+        return ready if ready and ready.get("reason") == "RuntimeFailed" else None
+
+    ready = await eventually(reported, within=20, what="RuntimeFailed from the sweep")
+    assert "refusing to serve it" in ready["message"] and "exited with code 1" in ready["message"], ready
+    assert ready["status"] == "False"
+
+
 async def test_events_and_metrics(operator: OperatorProcess, cluster: Cluster) -> None:
     await cluster.create(example(CPU_EXAMPLE))
     await eventually(lambda: converged(cluster, "efficientnet"), within=30, what="first reconcile")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from zeroserve_operator.api import ModelServiceSpec
 from zeroserve_operator.ownership import contains, owned_fields_match, stamp
 from zeroserve_operator.resources import status
@@ -225,3 +226,81 @@ def test_execution_provider_is_known_from_the_spec_once_its_revision_is_ready() 
     assert by_type(failing)["Ready"]["status"] == "False"
     assert failing["executionProvider"] == "CPUExecutionProvider"
     assert status.observed_status(gpu, 1, ksvc(ready="False"), None)["executionProvider"] is None
+
+
+QUANTITIES = [
+    "0",
+    "1",
+    "2",
+    "0.5",
+    "1.5",
+    ".5",
+    "500m",
+    "1500m",
+    "100u",
+    "3n",
+    "1k",
+    "1K",
+    "2M",
+    "3G",
+    "1T",
+    "1P",
+    "1E",
+    "1Ki",
+    "1Mi",
+    "1.5Gi",
+    "1536Mi",
+    "2Ti",
+    "1Pi",
+    "1Ei",
+    "1e3",
+    "1E3",
+    "1.5e-3",
+    "+1",
+    "-1",
+    "12e6",
+    1,
+    0.25,
+    "",
+    "i",
+    "1ki",
+    "1mi",
+    "1ni",
+    "1ui",
+    "abc",
+    "1.2.3",
+    "1Zi",
+    "1Q",
+    "Mi",
+    "1 Mi",
+    "0x10",
+]
+
+
+@pytest.mark.parametrize("quantity", QUANTITIES, ids=[repr(q) for q in QUANTITIES])
+def test_quantities_parse_as_the_kubernetes_client_parses_them(quantity: object) -> None:
+    from kubernetes.utils import parse_quantity as reference
+    from zeroserve_operator.quantity import parse_quantity
+
+    try:
+        expected = reference(quantity)
+    except ValueError:
+        with pytest.raises(ValueError):
+            parse_quantity(quantity)
+        return
+    assert parse_quantity(quantity) == expected
+
+
+def test_the_operator_does_not_load_the_synchronous_kubernetes_client() -> None:
+    """kopf imports `kubernetes` whenever it can: the operator's own code must not need it, so that the
+    operator image can go without it (tests/test_images.py) and save its 45 MB."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; sys.modules['kubernetes'] = None\n"  # as if it were not installed
+        "import zeroserve_operator.handlers, zeroserve_operator.cli\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     from zeroserve_operator import handlers
 
+    handlers.watched_namespaces = list(args.namespace)
     if args.metrics_port is not None:
         handlers.operator_settings.metrics_port = args.metrics_port
     kopf.configure(verbose=args.verbose)

@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes.utils import parse_quantity
+from zeroserve_operator.quantity import parse_quantity
 
 FIELD_MANAGER = "zeroserve-operator"
 DESIRED_HASH = "zeroserve.dev/desired-hash"
