@@ -170,11 +170,13 @@ class Scaler:
         first_ready: float | None,
         stable: float,
         panic: float,
+        floor: int = 0,
     ) -> int:
         """The replica count to apply, given the decider's `want`, the `have` replicas, the `ready` ones and
-        the earliest one's ready time (None: none is ready), and the stable and panic concurrency."""
+        the earliest one's ready time (None: none is ready), and the stable and panic concurrency. `floor`
+        is a minimum for now only (the warm policy's, as a Revision's min-scale annotation moved)."""
         k = self.kpa
-        want = min(self.max_scale, max(self.min_scale, want))
+        want = min(self.max_scale, max(self.min_scale, floor, want))
         if not self.in_path(want, ready, panic):
             self.proxy_since = None
         elif self.proxy_since is None:

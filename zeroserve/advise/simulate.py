@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from zeroserve.advise.kpa import KPA, Collector, Decider, Scaler
+from zeroserve.warm import WarmPolicy
 
 __all__ = ["KPA", "SimResult", "averaged", "draw", "simulate_cloud_run", "simulate_lambda", "simulate_pool"]
 
@@ -50,6 +51,8 @@ class SimResult:
     on_provisioned: np.ndarray | None = None
     throttled: np.ndarray | None = None  # Lambda: refused at the concurrency limit, never invoked
     replicas: list[tuple[float, int]] = field(default_factory=list)  # (t, count) at each change
+    prewarms: float = 0  # Knative with a warm policy: starts from zero it asked for, no request waiting
+    prewarms_wasted: float = 0  # ... of which went to zero again without a request
     runs: int = 1  # runs of the same arrivals pooled here (averaged()): the arrays hold each run's requests
 
     @property
@@ -94,6 +97,8 @@ def averaged(runs: list[SimResult]) -> SimResult:
         replica_seconds=mean(lambda r: r.replica_seconds),
         pending_s=mean(lambda r: r.pending_s),
         replicas=first.replicas,
+        prewarms=mean(lambda r: r.prewarms),
+        prewarms_wasted=mean(lambda r: r.prewarms_wasted),
         runs=len(runs),
     )
 
@@ -296,6 +301,7 @@ def simulate_pool(
     parallel: int = 1,
     parallel_ratio: list[float] | None = None,
     cold_ready_age_s: float = 2.0,
+    warm: WarmPolicy | None = None,
 ) -> SimResult:
     """Replicas behind a load balancer: Knative (with `kpa`) or always-on servers (`kpa` None, `min_scale`
     replicas for the whole run). Starts with `min_scale` warm replicas.
@@ -315,6 +321,10 @@ def simulate_pool(
     Batching (`max_batch` > 1): a request that finds its replica busy joins the batch waiting to run next
     if it has room, as the runtime's batcher takes everything queued when it is free; a batch of b runs
     `batch_ratio[b]` times as long as one request.
+
+    Warm policy (`warm`, Knative only): it learns the idle spells from the requests as they come and, at
+    each tick, may ask for a replica to be held (a floor under the KPA's scale): a start it causes at zero
+    is a pre-warm, used when a request comes while it lives, wasted when it goes without one.
 
     Parallel inferences (`parallel` > 1, without batching): a replica runs up to that many requests at
     once, each in the first slot to come free; one that starts while c - 1 others run takes
@@ -390,11 +400,14 @@ def simulate_pool(
             hand_over(got)
 
     cold_at: list[float] = []
+    prewarms = prewarms_wasted = 0
+    prewarmed = False  # a pre-warmed replica is up and no request has come since
     decider = Decider(kpa) if kpa else None
     scaler = Scaler(kpa, min_scale, max_scale) if kpa else None
     next_tick = kpa.tick_s + kpa.tick_phase_s if kpa else inf
 
     def tick(now: float) -> None:
+        nonlocal prewarms, prewarms_wasted, prewarmed
         assert metrics is not None and decider is not None and scaler is not None
         ready_times = [r for r in ready_at if r <= now]
         first_ready = min(ready_times) if ready_times else None
@@ -402,7 +415,14 @@ def simulate_pool(
         ready = len(ready_times)
         want = decider.desired(now, stable, panic, ready)
         have = len(bu)
-        want = scaler.scale(now, want, have, ready, first_ready, stable, panic)
+        floor = warm.warm(now) if warm else 0
+        want = scaler.scale(now, want, have, ready, first_ready, stable, panic, floor)
+        if have == 0 and want > 0:
+            prewarms += 1
+            prewarmed = True
+        elif want == 0 and have > 0 and prewarmed:
+            prewarms_wasted += 1
+            prewarmed = False
         if want > have:
             for _ in range(want - have):
                 start_replica(now)
@@ -422,6 +442,7 @@ def simulate_pool(
         while next_tick <= t:
             tick(next_tick)
             next_tick += kpa.tick_s if kpa else inf
+        prewarmed = False
         if not bu:
             start_replica(t)  # the activator's poke
             replicas.append((t, len(bu)))
@@ -459,6 +480,8 @@ def simulate_pool(
         else:
             bu[k] = slots[k][0] = end
         comp[i] = end
+        if warm:
+            warm.request(t, end)
         cold[i] = ready_at[k] > t
         if not answered[k] and end - t + overhead_s <= timeout_s:
             # The runtime flags its process's first answer; a client that gave up never sees it (the
@@ -493,4 +516,6 @@ def simulate_pool(
         replica_seconds=replica_seconds,
         pending_s=pending_s,
         replicas=replicas,
+        prewarms=prewarms,
+        prewarms_wasted=prewarms_wasted,
     )
