@@ -425,6 +425,15 @@ async def test_a_crash_looping_runtime_is_reported_by_the_health_sweep(
     assert "refusing to serve it" in ready["message"] and "exited with code 1" in ready["message"], ready
     assert ready["status"] == "False"
 
+    # Said as an Event too, as kopf's handlers say it, though the sweep runs outside them.
+    async def posted() -> list[Any]:
+        events = await cluster.core.list_namespaced_event(cluster.ns, field_selector="reason=RuntimeFailed")
+        return [e for e in events.items if e.involved_object.name == name]
+
+    (event,) = await eventually(posted, within=10, what="a RuntimeFailed event")
+    assert event.type == "Warning" and "refusing to serve it" in event.message
+    assert event.involved_object.kind == api.KIND and event.source.component == "kopf"
+
 
 async def test_events_and_metrics(operator: OperatorProcess, cluster: Cluster) -> None:
     await cluster.create(example(CPU_EXAMPLE))

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -155,6 +156,9 @@ class Outcome:
     result: str = "success"
     message: str = ""
     retry_after: float | None = None  # blocked until something outside the spec changes
+    # Events to post about the ModelService, (type, reason, message): returned rather than posted, since
+    # kopf posts only from its handlers and the health sweep runs outside them.
+    events: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def permanent(self) -> bool:
@@ -200,6 +204,7 @@ async def _close_gap(
 ) -> Outcome:
     desired = knative.build_knative_service(body, operator_settings)
     meta, generation = body["metadata"], body["metadata"].get("generation", 1)
+    events: list[tuple[str, str, str]] = []
     previous = body.get("status") or {}
 
     # A spec Knative's webhook would refuse is not sent; the condition names the flag to turn on.
@@ -242,11 +247,11 @@ async def _close_gap(
             return _blocked(body, "rejected", "KnativeRejected", _api_message(e), REJECTED_RETRY_SECONDS)
         message = f"{verb} Knative Service {meta['namespace']}/{meta['name']}"
         logger.info(message)
-        kopf.info(dict(body), reason=f"KnativeService{verb}", message=message)
+        events.append(("Normal", f"KnativeService{verb}", message))
     failure = None
     if status.readiness(previous) != "true" or not status.knative_serving(actual):
         failure = await _runtime_failure(api_client, meta["namespace"], meta["name"], logger)
-    return Outcome(status.observed_status(spec, generation, actual, previous, failure=failure))
+    return Outcome(status.observed_status(spec, generation, actual, previous, failure=failure), events=events)
 
 
 async def _runtime_failure(
@@ -291,18 +296,60 @@ async def _write_status(api_client: client.ApiClient, namespace: str, name: str,
     )
 
 
-def post_readiness_change(body: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+def readiness_event(body: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, str, str] | None:
     """An Event when Ready changes status or reason, not on every pass: retries must not flood events."""
     before = status.ready_condition(body.get("status"))
     after = status.ready_condition(new)
     if after is None or (
         before and (before["status"], before["reason"]) == (after["status"], after["reason"])
     ):
-        return
+        return None
     if after["status"] == "True":
-        kopf.info(dict(body), reason="Ready", message=new.get("message", ""))
-    elif after["status"] == "False":
-        kopf.warn(dict(body), reason=after["reason"], message=after["message"])
+        return ("Normal", "Ready", new.get("message", ""))
+    if after["status"] == "False":
+        return ("Warning", after["reason"], after["message"])
+    return None
+
+
+def events_of(body: Mapping[str, Any], outcome: Outcome) -> list[tuple[str, str, str]]:
+    """What one pass has to say about the ModelService: its own events, then a readiness change."""
+    change = readiness_event(body, outcome.status)
+    return [*outcome.events, *([change] if change else [])]
+
+
+def post_in_handler(body: Mapping[str, Any], events: list[tuple[str, str, str]]) -> None:
+    """Through kopf, which posts in the background from any of its handlers."""
+    for type_, reason, message in events:
+        kopf.event(dict(body), type=type_, reason=reason, message=message)
+
+
+async def post_outside_handlers(
+    api_client: client.ApiClient, body: Mapping[str, Any], events: list[tuple[str, str, str]]
+) -> None:
+    """Straight to the API, as kopf would post them (same source and shape), where kopf's poster is not
+    there: the health sweep's task."""
+    meta = body["metadata"]
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for type_, reason, message in events:
+        event = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": body.get("apiVersion", f"{api.GROUP}/{api.VERSION}"),
+                "kind": body.get("kind", api.KIND),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "kopf"},
+            "reportingComponent": "kopf",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await client.CoreV1Api(api_client).create_namespaced_event(meta["namespace"], event)
 
 
 @kopf.on.resume(api.GROUP, api.VERSION, api.PLURAL)
@@ -321,7 +368,7 @@ async def reconcile(
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
     # kopf applies the patch whatever the handler raises, so a blocked ModelService still says why.
     patch.status.update(outcome.status)
-    post_readiness_change(body, outcome.status)
+    post_in_handler(body, events_of(body, outcome))
     metrics.observe_readiness(body, outcome.status)
     if outcome.permanent:
         raise kopf.PermanentError(outcome.message)
@@ -360,8 +407,10 @@ async def knative_service_changed(
     new = outcome.status
     if new != {k: (owner.get("status") or {}).get(k) for k in new}:
         await _write_status(memo.api, namespace, name, new)
-        post_readiness_change(owner, new)
+        post_in_handler(owner, events_of(owner, outcome))
         metrics.observe_readiness(owner, new)
+    else:
+        post_in_handler(owner, outcome.events)
 
 
 async def runtime_health_loop(api_client: client.ApiClient, logger: logging.Logger) -> None:
@@ -373,6 +422,9 @@ async def runtime_health_loop(api_client: client.ApiClient, logger: logging.Logg
             await sweep_runtime_health(api_client, logger)
         except ApiException as e:
             logger.warning("runtime health sweep: Kubernetes API error %s: %s", e.status, _api_message(e))
+        except Exception:
+            # Whatever one sweep trips on, the next one runs: a dead loop would report no failure again.
+            logger.exception("runtime health sweep failed")
 
 
 async def sweep_runtime_health(api_client: client.ApiClient, logger: logging.Logger) -> int:
@@ -407,12 +459,15 @@ async def sweep_runtime_health(api_client: client.ApiClient, logger: logging.Log
             raise
         if status.readiness(body.get("status")) == "true" or body["metadata"].get("deletionTimestamp"):
             continue
-        new = (await reconcile_modelservice(body, api_client, logger)).status
+        outcome = await reconcile_modelservice(body, api_client, logger)
+        new = outcome.status
         if new != {k: (body.get("status") or {}).get(k) for k in new}:
             await _write_status(api_client, namespace, name, new)
-            post_readiness_change(body, new)
+            await post_outside_handlers(api_client, body, events_of(body, outcome))
             metrics.observe_readiness(body, new)
             updated += 1
+        else:
+            await post_outside_handlers(api_client, body, outcome.events)
     return updated
 
 
