@@ -477,7 +477,7 @@ def gpu_pool_face(plane: ControlPlane) -> Iterator[str]:
     name = node["metadata"]["name"]
     taints = node["spec"].get("taints") or []
     gpu = json.dumps(
-        {"status": {"capacity": {"nvidia.com/gpu": "1"}, "allocatable": {"nvidia.com/gpu": "1"}}}
+        {"status": {"capacity": {"nvidia.com/gpu": "2"}, "allocatable": {"nvidia.com/gpu": "2"}}}
     )
     plane.kubectl("patch", "node", name, "--subresource=status", "--type=merge", "-p", gpu)
     plane.kubectl("label", "node", name, "nvidia.com/gpu.present=true", "--overwrite")
