@@ -296,6 +296,20 @@ async def _write_status(api_client: client.ApiClient, namespace: str, name: str,
     )
 
 
+async def _mirror_status(
+    api_client: client.ApiClient, body: Mapping[str, Any], outcome: Outcome
+) -> tuple[bool, list[tuple[str, str, str]]]:
+    """Outside kopf's patch (a watch event of another object, the health sweep): write the pass's status
+    where it changes what the ModelService says. Whether it did, and the events the pass has to post."""
+    new = outcome.status
+    if new == {k: (body.get("status") or {}).get(k) for k in new}:
+        return False, outcome.events
+    meta = body["metadata"]
+    await _write_status(api_client, meta["namespace"], meta["name"], new)
+    metrics.observe_readiness(body, new)
+    return True, events_of(body, outcome)
+
+
 def readiness_event(body: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, str, str] | None:
     """An Event when Ready changes status or reason, not on every pass: retries must not flood events."""
     before = status.ready_condition(body.get("status"))
@@ -404,13 +418,8 @@ async def knative_service_changed(
     if type != "DELETED" and not _owned_by(body, owner["metadata"]["uid"]):
         return
     outcome = await reconcile_modelservice(owner, memo.api, logger, None if type == "DELETED" else body)
-    new = outcome.status
-    if new != {k: (owner.get("status") or {}).get(k) for k in new}:
-        await _write_status(memo.api, namespace, name, new)
-        post_in_handler(owner, events_of(owner, outcome))
-        metrics.observe_readiness(owner, new)
-    else:
-        post_in_handler(owner, outcome.events)
+    _, events = await _mirror_status(memo.api, owner, outcome)
+    post_in_handler(owner, events)
 
 
 async def runtime_health_loop(api_client: client.ApiClient, logger: logging.Logger) -> None:
@@ -460,14 +469,9 @@ async def sweep_runtime_health(api_client: client.ApiClient, logger: logging.Log
         if status.readiness(body.get("status")) == "true" or body["metadata"].get("deletionTimestamp"):
             continue
         outcome = await reconcile_modelservice(body, api_client, logger)
-        new = outcome.status
-        if new != {k: (body.get("status") or {}).get(k) for k in new}:
-            await _write_status(api_client, namespace, name, new)
-            await post_outside_handlers(api_client, body, events_of(body, outcome))
-            metrics.observe_readiness(body, new)
-            updated += 1
-        else:
-            await post_outside_handlers(api_client, body, outcome.events)
+        changed, events = await _mirror_status(api_client, body, outcome)
+        await post_outside_handlers(api_client, body, events)
+        updated += changed
     return updated
 
 

@@ -145,10 +145,9 @@ class Scaler:
 
     def __init__(self, kpa: KPA, min_scale: int, max_scale: int) -> None:
         self.kpa, self.min_scale, self.max_scale = kpa, min_scale, max_scale
-        tbc = kpa.target_burst_capacity
         # A service that starts at zero, or with too little room for the burst capacity, has been in the
         # activator's path for long.
-        proxied = tbc < 0 or min_scale == 0 or (tbc > 0 and math.floor(min_scale * kpa.target - tbc) < 0)
+        proxied = self.in_path(min_scale, min_scale, 0.0)
         # Active since: a replica ready since the last time at zero or marked inactive (None: activating,
         # or at zero). Warm replicas at the start have been for long.
         self.active_since: float | None = -math.inf if min_scale else None
